@@ -1,0 +1,19 @@
+"""lvae: learned lossy image compression with QARV (Duan et al., TPAMI 2023)."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import models  # noqa: F401  (registers the models)
+from .errors import BitstreamError, CheckpointError, LvaeError, WeightsUnavailableError
+from .registry import get_model, list_models, register_model
+
+__all__ = [
+    "__version__",
+    "get_model",
+    "list_models",
+    "register_model",
+    "LvaeError",
+    "BitstreamError",
+    "CheckpointError",
+    "WeightsUnavailableError",
+]

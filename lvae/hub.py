@@ -1,0 +1,120 @@
+"""Checkpoint resolution and strict loading of pretrained weights.
+
+Resolution order for ``pretrained=True``: a file shipped in the package, else the torch hub
+cache (``torch.hub.get_dir()/checkpoints``, which honours ``TORCH_HOME``), else the URL.
+A path given as ``pretrained='file.pt'`` is used as is.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, WeightsUnavailableError
+from .registry import Weights
+
+__all__ = ["resolve_weights", "load_checkpoint_state_dict", "load_state_dict_strict", "load_pretrained"]
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -> Path:
+    """Return a local path to the pretrained weights of model ``name``, downloading if needed."""
+    if weights is None:
+        raise WeightsUnavailableError(
+            f"model {name!r} has no published weights; pass a checkpoint path, e.g. "
+            f"get_model({name!r}, pretrained='runs/.../last_ema.pt')"
+        )
+    if weights.package_file:
+        path = Path(str(resources.files("lvae").joinpath(weights.package_file)))
+        if path.is_file():
+            return path
+        raise WeightsUnavailableError(
+            f"the packaged weights of {name!r} are missing from the installation ({path}); reinstall lvae"
+        )
+    cached = hub_checkpoint_dir() / weights.filename
+    if cached.is_file():
+        return cached
+    if not weights.url:
+        raise WeightsUnavailableError(f"no weights for {name!r} at {cached} and no URL to download them from")
+    how = (
+        f"download {weights.url} and save it as {cached} (the torch hub cache; set TORCH_HOME to "
+        f"move it), or pass the file's path: get_model({name!r}, pretrained='/path/{weights.filename}')"
+    )
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # download_url_to_file writes to a temporary file and renames it when complete.
+        torch.hub.download_url_to_file(weights.url, str(cached), progress=progress)
+    except Exception as exc:  # network errors come in many types (URLError, socket errors, HTTP...)
+        raise WeightsUnavailableError(
+            f"could not download the weights of {name!r} ({type(exc).__name__}: {exc}). To use them "
+            f"offline, {how}"
+        ) from None
+    return cached
+
+
+def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint (``{'model': state_dict, ...}`` or a bare state dict) safely, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
+        sd = ckpt["model"]
+    elif isinstance(ckpt, Mapping) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        sd = ckpt
+    else:
+        raise CheckpointError(
+            f"{path} holds neither a state dict nor a dict with a 'model' state dict"
+        )
+    sd = dict(sd)
+    if sd and all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+# Entropy-coder tables: derived data, stored either empty or filled; their shape is free.
+_FREE_SHAPE_SUFFIXES = ("._offset", "._quantized_cdf", "._cdf_length")
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with an error that names the first offending keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and not k.endswith(_FREE_SHAPE_SUFFIXES) and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), first: {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:3])}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es) (file vs model), first: {'; '.join(wrong[:3])}")
+    if problems:
+        name = getattr(model, "name", None) or type(model).__name__
+        raise CheckpointError(f"{source} does not fit model {name!r}: " + "; ".join(problems))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_pretrained(model: nn.Module, name: str, weights: Weights | None, pretrained: bool | str | os.PathLike) -> None:
+    """Load ``pretrained`` (True or a path) into ``model`` strictly."""
+    if pretrained is True:
+        path = resolve_weights(name, weights)
+    elif isinstance(pretrained, (str, os.PathLike)):
+        path = Path(pretrained)
+    else:
+        raise ValueError(f"pretrained must be True, False or a checkpoint path, got {pretrained!r}")
+    load_state_dict_strict(model, load_checkpoint_state_dict(path), source=str(path))

@@ -1,0 +1,132 @@
+"""Building blocks of QARV: λ embedding, adaptive ConvNeXt block, patch down/up-sampling, markers.
+
+Every block here is a plain ``nn.Module`` whose parameter names follow the published
+checkpoint (see SPEC.md), so that ``load_state_dict(strict=True)`` works on it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "sinusoidal_embedding",
+    "LambdaEmbedding",
+    "Mlp",
+    "ConvNeXtBlockAdaLN",
+    "patch_downsample",
+    "patch_upsample",
+    "FeatureMark",
+    "DecoderStopMark",
+]
+
+
+def sinusoidal_embedding(s: torch.Tensor, dim: int, max_period: float = 64.0) -> torch.Tensor:
+    """Embed a batch of scalars ``s`` (shape N) into N×dim as ``[cos(s·f), sin(s·f)]``.
+
+    The frequencies are ``max_period ** -linspace(0, 1, dim // 2)``; cosines come first.
+    """
+    if dim % 2 != 0:
+        raise ValueError(f"embedding width must be even, got {dim}")
+    half = dim // 2
+    freqs = max_period ** -torch.linspace(0, 1, half, device=s.device, dtype=torch.float32)
+    angles = s.float().unsqueeze(1) * freqs.unsqueeze(0)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class LambdaEmbedding(nn.Sequential):
+    """λ → conditioning vector: a sinusoidal code of ``ln(λ)`` followed by a two-layer MLP.
+
+    ``ln(λ)`` is scaled so that λ = 8192 maps to 64, the longest period of the code. The module
+    is the MLP itself, ``Linear → GELU → Linear`` (state-dict children 0 and 2).
+    """
+
+    def __init__(self, dim: int = 256, max_lmb: float = 8192.0, max_period: float = 64.0):
+        super().__init__(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.dim = dim
+        self.scale = max_period / math.log(max_lmb)
+        self.max_period = max_period
+
+    def forward(self, lmb: torch.Tensor) -> torch.Tensor:
+        s = torch.log(lmb) * self.scale
+        return super().forward(sinusoidal_embedding(s, self.dim, self.max_period))
+
+
+class Mlp(nn.Module):
+    """Two linear layers with an exact GELU between them (channels-last input)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ConvNeXtBlockAdaLN(nn.Module):
+    """ConvNeXt block whose LayerNorm is modulated by the λ embedding (SPEC.md, ``CNB``).
+
+    ``h = dwconv(x)``; ``h = LN(h)·(1 + scale) + shift`` with ``(shift, scale)`` from the
+    embedding; ``out = x + gamma · MLP(h)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int = 256,
+        kernel_size: int = 7,
+        mlp_ratio: float = 2.0,
+        layer_scale_init: float = 1e-6,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.kernel_size = kernel_size
+        hidden = int(mlp_ratio * dim)
+        # NOTE: parameters are created in this order because it is the published state-dict order.
+        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim)
+        self.embedding_layer = nn.Sequential(nn.GELU(), nn.Linear(embed_dim, 2 * dim))
+        self.mlp = Mlp(dim, hidden, dim)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv_dw(x).permute(0, 2, 3, 1)  # N, H, W, C
+        h = F.layer_norm(h, (self.dim,), eps=1e-6)
+        shift, scale = self.embedding_layer(emb).chunk(2, dim=1)
+        h = h * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+        h = self.mlp(h).permute(0, 3, 1, 2)
+        return x + self.gamma * h
+
+
+def patch_downsample(in_ch: int, out_ch: int, rate: int = 2) -> nn.Conv2d:
+    """Non-overlapping patch merging: a ``rate``×``rate`` convolution with stride ``rate``."""
+    return nn.Conv2d(in_ch, out_ch, kernel_size=rate, stride=rate, padding=0)
+
+
+def patch_upsample(in_ch: int, out_ch: int, rate: int = 2) -> nn.Sequential:
+    """Sub-pixel upsampling: a 1×1 convolution to ``out_ch·rate²`` channels, then PixelShuffle."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch * rate * rate, kernel_size=1), nn.PixelShuffle(rate))
+
+
+class FeatureMark(nn.Module):
+    """Encoder marker: the feature map at this point is kept under ``key`` for the decoder."""
+
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class DecoderStopMark(nn.Module):
+    """Decoder marker: no latent variable lies below this point, so encoding may stop here."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

@@ -1,0 +1,444 @@
+"""QARV: the variable-rate hierarchical VAE of Duan et al. (TPAMI 2023).
+
+The network is built from a :class:`QARVConfig`; ``qarv_base`` is the published configuration.
+The model exposes one method per job: :meth:`QARV.forward` (training / evaluation statistics),
+:meth:`QARV.sample`, :meth:`QARV.compress_latents` and :meth:`QARV.decompress_latents`
+(entropy-coded latent strings). Byte containers live in :mod:`lvae.bitstream`, not here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..entropy import DiscreteGaussian, gaussian_bin_nll
+from ..layers import (
+    ConvNeXtBlockAdaLN,
+    DecoderStopMark,
+    FeatureMark,
+    LambdaEmbedding,
+    patch_downsample,
+    patch_upsample,
+)
+
+__all__ = ["QARVConfig", "LatentVariableBlock", "QARV"]
+
+LOG2_E = math.log2(math.e)
+MAX_SYMBOL = 2**20  # largest |round(q - μ)| the encoder accepts
+
+
+@dataclass(frozen=True)
+class QARVConfig:
+    """Widths, depths and kernels of a QARV network (defaults: the published ``qarv_base``).
+
+    Encoder stages run at 1/4, 1/8, ..., 1/64 of the input resolution. Decoder stages run
+    top-down from 1/64; every stage but the last (1/4) holds ``dec_num_latents[i]`` latent blocks.
+    """
+
+    enc_widths: tuple[int, ...] = (192, 384, 512, 512, 512)
+    enc_depths: tuple[int, ...] = (6, 6, 6, 4, 4)
+    enc_kernels: tuple[int, ...] = (7, 7, 5, 3, 1)
+    dec_widths: tuple[int, ...] = (512, 512, 384, 256, 128)
+    dec_kernels: tuple[int, ...] = (1, 3, 5, 7, 7)
+    dec_mlp_ratios: tuple[float, ...] = (4.0, 3.0, 2.0, 1.75, 1.5)
+    dec_num_latents: tuple[int, ...] = (1, 2, 3, 3)
+    dec_latent_dims: tuple[int, ...] = (32, 32, 96, 8)
+    dec_final_depth: int = 8
+    embed_dim: int = 256
+    transition_kernel: int = 7  # the CNB between encoder stages uses the default kernel
+    lmb_range: tuple[float, float] = (16.0, 2048.0)
+    max_lmb_embed: float = 8192.0  # ln(λ) is scaled so that this λ maps to the longest period
+    im_shift: float = -0.4546259594901961
+    im_scale: float = 3.67572653978347
+
+    def __post_init__(self):
+        n = len(self.enc_widths)
+        if not (len(self.enc_depths) == len(self.enc_kernels) == n == 5):
+            raise ValueError("QARV has five encoder stages (1/4 ... 1/64): enc_* need 5 entries")
+        if not (len(self.dec_widths) == len(self.dec_kernels) == len(self.dec_mlp_ratios) == 5):
+            raise ValueError("QARV has five decoder stages (1/64 ... 1/4): dec_* need 5 entries")
+        if not (len(self.dec_num_latents) == len(self.dec_latent_dims) == 4):
+            raise ValueError("dec_num_latents and dec_latent_dims need 4 entries (1/64 ... 1/8)")
+        lo, hi = self.lmb_range
+        if not (0 < lo < hi):
+            raise ValueError(f"lmb_range must satisfy 0 < low < high, got {self.lmb_range}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QARVConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown QARV config field(s): {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LatentVariableBlock(nn.Module):
+    """One latent variable of the hierarchy (SPEC.md, ``LV``): prior, posterior and entropy model."""
+
+    def __init__(
+        self,
+        width: int,
+        zdim: int,
+        enc_key: str,
+        enc_width: int,
+        embed_dim: int,
+        kernel_size: int,
+        mlp_ratio: float,
+    ):
+        super().__init__()
+        self.enc_key = enc_key
+        self.zdim = zdim
+
+        def cnb(d: int, r: float = 2.0) -> ConvNeXtBlockAdaLN:
+            return ConvNeXtBlockAdaLN(d, embed_dim, kernel_size, r)
+
+        self.resnet_front = cnb(width, mlp_ratio)
+        self.resnet_end = cnb(width, mlp_ratio)
+        self.posterior0 = cnb(enc_width)
+        self.posterior1 = cnb(width)
+        self.posterior2 = cnb(width)
+        self.post_merge = nn.Conv2d(width + enc_width, width, kernel_size=1)
+        self.posterior = nn.Conv2d(width, zdim, kernel_size=3, padding=1)
+        self.z_proj = nn.Conv2d(zdim, width, kernel_size=1)
+        self.prior = nn.Conv2d(width, 2 * zdim, kernel_size=1)
+        self.discrete_gaussian = DiscreteGaussian()
+
+    # -- the three paths of the block --------------------------------------------------------
+    def prior_params(self, f: torch.Tensor, emb: torch.Tensor):
+        """Run ``resnet_front``; return the new feature, prior mean and prior scale (> 0.1)."""
+        f = self.resnet_front(f, emb)
+        pm, t = self.prior(f).chunk(2, dim=1)
+        pv = torch.exp(F.softplus(t + 2.3) - 2.3)
+        return f, pm, pv
+
+    def posterior_mean(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        merged = torch.cat([self.posterior1(f, emb), self.posterior0(enc, emb)], dim=1)
+        return self.posterior(self.posterior2(self.post_merge(merged), emb))
+
+    def merge(self, f: torch.Tensor, z: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.resnet_end(f + self.z_proj(z), emb)
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def forward(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor):
+        """Return the updated feature and the rate of each image in nats (shape N).
+
+        Training: additive uniform noise and the bin likelihood of :func:`gaussian_bin_nll`.
+        Evaluation: rounding around the prior mean and CompressAI's discrete likelihood.
+        """
+        f, pm, pv = self.prior_params(f, emb)
+        qm = self.posterior_mean(f, enc, emb)
+        if self.training:
+            z = qm + torch.empty_like(qm).uniform_(-0.5, 0.5)
+            nll = gaussian_bin_nll(z, pm, pv)
+        else:
+            z, likelihood = self.discrete_gaussian(qm, scales=pv, means=pm, training=False)
+            nll = -torch.log(likelihood)
+        return self.merge(f, z, emb), nll.flatten(1).sum(dim=1)
+
+    def sample(self, f: torch.Tensor, emb: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        f, pm, pv = self.prior_params(f, emb)
+        noise = torch.randn_like(pm) * pv + torch.empty_like(pm).uniform_(-0.5, 0.5)
+        return self.merge(f, pm + noise * temperature, emb)
+
+    def encode(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor):
+        """Entropy-code the quantized posterior; return the feature and one string per image."""
+        f, pm, pv = self.prior_params(f, emb)
+        qm = self.posterior_mean(f, enc, emb)
+        dg = self.discrete_gaussian
+        symbols = torch.round(qm - pm)
+        # NOTE: CompressAI's range coder loops forever on NaN and on symbols near the int32 limit.
+        if not bool(torch.isfinite(symbols).all()) or bool((symbols.abs() > MAX_SYMBOL).any()):
+            raise ValueError(
+                "latent values are not finite or exceed the entropy coder's range; "
+                "the model's weights are probably broken (NaN or diverged)"
+            )
+        strings = dg.compress(qm, dg.build_indexes(pv), means=pm)
+        z = dg.quantize(qm, "dequantize", means=pm)
+        return self.merge(f, z, emb), strings
+
+    def decode(self, f: torch.Tensor, strings: Sequence[bytes], emb: torch.Tensor) -> torch.Tensor:
+        f, pm, pv = self.prior_params(f, emb)
+        dg = self.discrete_gaussian
+        z = dg.decompress(list(strings), dg.build_indexes(pv), means=pm)
+        return self.merge(f, z, emb)
+
+
+class QARV(nn.Module):
+    """Variable-rate lossy VAE. Build it with :func:`lvae.get_model` or from a :class:`QARVConfig`."""
+
+    max_stride = 64
+
+    def __init__(self, config: QARVConfig | None = None):
+        super().__init__()
+        cfg = config if config is not None else QARVConfig()
+        self.config = cfg
+        self.name: str | None = None  # set by the registry; recorded in bitstreams
+        self.lmb_range = (float(cfg.lmb_range[0]), float(cfg.lmb_range[1]))
+        self.default_lmb = math.sqrt(self.lmb_range[0] * self.lmb_range[1])
+        self.im_shift = cfg.im_shift
+        self.im_scale = cfg.im_scale
+        e = cfg.embed_dim
+
+        self.bias = nn.Parameter(torch.zeros(1, cfg.dec_widths[0], 1, 1))
+        self.encoder = nn.Module()
+        self.encoder.enc_blocks = nn.ModuleList(self._encoder_layers(cfg))
+        self.dec_blocks = nn.ModuleList(self._decoder_layers(cfg))
+        self.lmb_embedding = LambdaEmbedding(e, max_lmb=cfg.max_lmb_embed)
+
+    # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def _encoder_layers(cfg: QARVConfig) -> list[nn.Module]:
+        e = cfg.embed_dim
+        layers: list[nn.Module] = []
+        widths = cfg.enc_widths
+        for i, (w, depth, k) in enumerate(zip(widths, cfg.enc_depths, cfg.enc_kernels)):
+            if i == 0:
+                layers.append(patch_downsample(3, w, rate=4))
+            else:
+                layers.append(patch_downsample(widths[i - 1], w, rate=2))
+            layers.extend(ConvNeXtBlockAdaLN(w, e, k) for _ in range(depth))
+            if i > 0:  # stages 1/8 ... 1/64 feed latent blocks
+                layers.append(FeatureMark(f"enc_s{4 * 2 ** i}"))
+            if i < len(widths) - 1:
+                layers.append(ConvNeXtBlockAdaLN(w, e, cfg.transition_kernel))
+        return layers
+
+    @staticmethod
+    def _decoder_layers(cfg: QARVConfig) -> list[nn.Module]:
+        e = cfg.embed_dim
+        layers: list[nn.Module] = []
+        widths, kernels, ratios = cfg.dec_widths, cfg.dec_kernels, cfg.dec_mlp_ratios
+        enc_widths = cfg.enc_widths[::-1]  # 1/64 first
+        n_latent_stages = len(cfg.dec_num_latents)
+        for i in range(n_latent_stages):
+            w, k, r = widths[i], kernels[i], ratios[i]
+            stride = 64 // 2 ** i
+
+            def cnb() -> ConvNeXtBlockAdaLN:
+                return ConvNeXtBlockAdaLN(w, e, k, r)
+
+            if i > 0:
+                layers.append(cnb())
+            for _ in range(cfg.dec_num_latents[i]):
+                layers.append(
+                    LatentVariableBlock(w, cfg.dec_latent_dims[i], f"enc_s{stride}", enc_widths[i], e, k, r)
+                )
+            if i == n_latent_stages - 1:
+                layers.append(DecoderStopMark())
+            layers.append(cnb())
+            layers.append(patch_upsample(w, widths[i + 1], rate=2))
+        w, k, r = widths[-1], kernels[-1], ratios[-1]
+        layers.extend(ConvNeXtBlockAdaLN(w, e, k, r) for _ in range(cfg.dec_final_depth))
+        layers.append(patch_upsample(w, 3, rate=4))
+        return layers
+
+    @property
+    def latent_blocks(self) -> list[LatentVariableBlock]:
+        return [b for b in self.dec_blocks if isinstance(b, LatentVariableBlock)]
+
+    # -- λ ------------------------------------------------------------------------------------
+    def sample_lmb(self, n: int) -> torch.Tensor:
+        """Draw ``n`` λ values uniformly in cube-root space over ``lmb_range`` (training)."""
+        lo, hi = (v ** (1.0 / 3.0) for v in self.lmb_range)
+        u = torch.rand(n, device=self.bias.device)
+        return (lo + (hi - lo) * u) ** 3
+
+    def lmb_tensor(self, lmb: float | Sequence[float] | torch.Tensor | None, n: int) -> torch.Tensor:
+        """Check λ against ``lmb_range`` and return it as a float tensor of shape ``n``."""
+        if lmb is None:
+            return self.sample_lmb(n)
+        t = torch.as_tensor(lmb, dtype=torch.float32).detach().reshape(-1).to(self.bias.device)
+        if t.numel() == 1:
+            t = t.expand(n)
+        if t.numel() != n:
+            raise ValueError(f"got {t.numel()} λ values for a batch of {n} images")
+        lo, hi = self.lmb_range
+        # NOTE: float32 rounding of the range ends must not refuse the ends themselves.
+        bad = ~((t >= lo * (1 - 1e-6)) & (t <= hi * (1 + 1e-6)))
+        if bool(bad.any()):
+            raise ValueError(
+                f"λ={t[bad][0].item():g} is outside this model's range [{lo:g}, {hi:g}]"
+            )
+        return t.contiguous()
+
+    # -- pre/post-processing -----------------------------------------------------------------
+    def preprocess(self, im: torch.Tensor) -> torch.Tensor:
+        return (im + self.im_shift) * self.im_scale
+
+    @staticmethod
+    def postprocess(x_hat: torch.Tensor) -> torch.Tensor:
+        """Decoder output (target space, [-1, 1]) → image in [0, 1]."""
+        return torch.clamp(x_hat, -1, 1) * 0.5 + 0.5
+
+    def _check_image(self, im: torch.Tensor) -> None:
+        if not torch.is_tensor(im) or im.dim() != 4 or im.shape[1] != 3:
+            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
+            raise ValueError(f"expected an N×3×H×W image tensor, got {shape}")
+        if not im.is_floating_point():
+            raise ValueError(f"expected a float image in [0, 1], got dtype {im.dtype}")
+        h, w = im.shape[2:]
+        if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
+            raise ValueError(
+                f"image sides must be positive multiples of {self.max_stride}, got {h}×{w}; "
+                "pad it first (lvae.bitstream pads automatically when compressing)"
+            )
+
+    # -- networks ----------------------------------------------------------------------------
+    def encode_features(self, x: torch.Tensor, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats: dict[str, torch.Tensor] = {}
+        for block in self.encoder.enc_blocks:
+            if isinstance(block, FeatureMark):
+                feats[block.key] = x
+            elif isinstance(block, ConvNeXtBlockAdaLN):
+                x = block(x, emb)
+            else:
+                x = block(x)
+        return feats
+
+    def top_feature(self, n: int, h: int, w: int) -> torch.Tensor:
+        """The decoder's input: the learned ``bias`` repeated over an ``h``×``w`` latent grid."""
+        return self.bias.expand(n, -1, h, w)
+
+    def _run_decoder(self, f: torch.Tensor, emb: torch.Tensor, latent_fn, stop_at_mark: bool = False):
+        for block in self.dec_blocks:
+            if isinstance(block, LatentVariableBlock):
+                f = latent_fn(block, f)
+            elif isinstance(block, DecoderStopMark):
+                if stop_at_mark:
+                    return f
+            elif isinstance(block, ConvNeXtBlockAdaLN):
+                f = block(f, emb)
+            else:
+                f = block(f)
+        return f
+
+    # -- training / evaluation ---------------------------------------------------------------
+    def forward(self, im: torch.Tensor, lmb: float | Sequence[float] | torch.Tensor | None = None) -> dict:
+        """Rate–distortion statistics of a batch ``im`` (N×3×H×W in [0, 1], sides multiples of 64).
+
+        ``lmb``: a scalar or one value per image; drawn per image (cube-root uniform) when None.
+        In training mode latents get uniform noise; in eval mode they are rounded, so ``bpp`` is
+        the model's estimate of the coded size. Returns ``loss``, ``bpp``, ``mse`` (target space,
+        [-1, 1]), ``psnr`` (RGB [0, 1], clamped output), ``kl`` (N×L nats), ``x_hat`` and ``lmb``.
+        """
+        self._check_image(im)
+        n, _, h, w = im.shape
+        lmb_t = self.lmb_tensor(lmb, n)
+        emb = self.lmb_embedding(lmb_t)
+        feats = self.encode_features(self.preprocess(im), emb)
+        kls: list[torch.Tensor] = []
+
+        def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
+            f, kl = block(f, feats[block.enc_key], emb)
+            kls.append(kl)
+            return f
+
+        f = self.top_feature(n, h // self.max_stride, w // self.max_stride)
+        x_hat = self._run_decoder(f, emb, latent)
+
+        target = (im - 0.5) * 2
+        kl = torch.stack(kls, dim=1)  # N × L
+        rate = kl.sum(dim=1) / (3 * h * w)  # nats per dimension
+        distortion = (x_hat - target).pow(2).flatten(1).mean(dim=1)
+        loss = (rate + lmb_t * distortion).mean()
+        with torch.no_grad():
+            mse01 = (self.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
+            psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
+        return {
+            "loss": loss,
+            "bpp": rate.mean() * LOG2_E * 3,
+            "mse": distortion.mean(),
+            "psnr": psnr,
+            "kl": kl,
+            "x_hat": x_hat,
+            "lmb": lmb_t,
+        }
+
+    @torch.no_grad()
+    def reconstruct(self, im: torch.Tensor, lmb: float | None = None) -> torch.Tensor:
+        """Evaluation-mode reconstruction in [0, 1] (what decoding the bitstream gives)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(im, self.default_lmb if lmb is None else lmb)
+        finally:
+            self.train(was_training)
+        return self.postprocess(out["x_hat"])
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int = 1,
+        lmb: float | None = None,
+        temperature: float = 1.0,
+        latent_hw: tuple[int, int] = (4, 4),
+    ) -> torch.Tensor:
+        """Draw ``n`` images from the prior; the output is ``64·latent_hw`` pixels, in [0, 1]."""
+        lmb_t = self.lmb_tensor(self.default_lmb if lmb is None else lmb, n)
+        emb = self.lmb_embedding(lmb_t)
+        f = self.top_feature(n, *latent_hw)
+        x_hat = self._run_decoder(f, emb, lambda b, f: b.sample(f, emb, temperature))
+        return self.postprocess(x_hat)
+
+    # -- entropy coding ------------------------------------------------------------------------
+    def compress_mode(self, enabled: bool = True) -> "QARV":
+        """Build (``True``) the CDF tables that the range coder needs; always rebuilt from scratch."""
+        if enabled:
+            for block in self.latent_blocks:
+                block.discrete_gaussian.update()
+        self._compress_ready = enabled
+        return self
+
+    def _require_tables(self) -> None:
+        if not all(b.discrete_gaussian.ready for b in self.latent_blocks):
+            raise RuntimeError("entropy-coder tables are not built: call model.compress_mode(True) first")
+
+    @torch.no_grad()
+    def compress_latents(self, im: torch.Tensor, lmb: float | Sequence[float] | torch.Tensor):
+        """Entropy-code a batch whose sides are multiples of 64.
+
+        Returns ``strings``, a list with one entry per latent block (decoder order), each a list
+        of one ``bytes`` per image, and the latent grid size ``(H/64, W/64)``.
+        """
+        self._check_image(im)
+        self._require_tables()
+        n, _, h, w = im.shape
+        lmb_t = self.lmb_tensor(lmb, n)
+        emb = self.lmb_embedding(lmb_t)
+        feats = self.encode_features(self.preprocess(im), emb)
+        strings: list[list[bytes]] = []
+
+        def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
+            f, s = block.encode(f, feats[block.enc_key], emb)
+            strings.append(s)
+            return f
+
+        grid = (h // self.max_stride, w // self.max_stride)
+        self._run_decoder(self.top_feature(n, *grid), emb, latent, stop_at_mark=True)
+        return strings, grid
+
+    @torch.no_grad()
+    def decompress_latents(
+        self,
+        strings: Sequence[Sequence[bytes]],
+        lmb: float | Sequence[float] | torch.Tensor,
+        latent_hw: tuple[int, int],
+    ) -> torch.Tensor:
+        """Decode the strings of :meth:`compress_latents`; returns the raw decoder output x̂."""
+        self._require_tables()
+        blocks = self.latent_blocks
+        if len(strings) != len(blocks):
+            raise ValueError(f"expected {len(blocks)} latent strings, got {len(strings)}")
+        n = len(strings[0])
+        lmb_t = self.lmb_tensor(lmb, n)
+        emb = self.lmb_embedding(lmb_t)
+        queue = iter(strings)
+        f = self.top_feature(n, *latent_hw)
+        return self._run_decoder(f, emb, lambda b, f: b.decode(f, next(queue), emb))

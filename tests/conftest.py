@@ -1,0 +1,45 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lvae
+from lvae.testing import load_fixed_reference_weights
+
+DATA = Path(__file__).parent / "data"
+LAMBDAS = (16, 128, 2048)
+
+
+def load_image_tensor(path) -> torch.Tensor:
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The authors' outputs on the fixed weights (copied from shared/reference)."""
+    return {
+        "npz": np.load(DATA / "conformance.npz"),
+        "json": json.loads((DATA / "conformance.json").read_text()),
+        "keys": json.loads((DATA / "qarv_base_state_dict.json").read_text()),
+        "input": load_image_tensor(DATA / "conformance_input.png"),
+        "odd": load_image_tensor(DATA / "conformance_odd.png"),
+    }
+
+
+@pytest.fixture(scope="session")
+def qarv_fixed():
+    """qarv_base with the fixed reference weights, eval mode, entropy tables built."""
+    torch.manual_seed(0)
+    model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    model.compress_mode(True)
+    return model
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    return lvae.get_model("qarv_tiny")
