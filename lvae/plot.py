@@ -1,0 +1,135 @@
+"""Rate–distortion plots (PSNR against bpp) of result JSONs, with the shipped anchor curves.
+
+``main`` is the command line of ``lvae plot``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import anchors
+
+__all__ = ["load_results", "rd_figure", "plot_rd", "main"]
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one result JSON and check that it holds a curve (``results.bpp`` and ``results.psnr``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such result file: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file ({exc})") from None
+    res = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(res, dict) or not isinstance(res.get("bpp"), list) or not isinstance(res.get("psnr"), list):
+        raise ValueError(f"{path} holds no rate–distortion curve (expected results.bpp and results.psnr lists)")
+    if len(res["bpp"]) != len(res["psnr"]) or not res["bpp"]:
+        raise ValueError(f"{path}: results.bpp and results.psnr must be non-empty and of equal length")
+    return data
+
+
+def _label(curve: dict[str, Any], fallback: str) -> str:
+    name = str(curve.get("name") or fallback)
+    bd = curve.get("bd-rate")
+    if isinstance(bd, dict) and bd.get("percent") is not None:
+        name += f" (BD-rate {bd['percent']:+.2f} %)"
+    return name
+
+
+def rd_figure(
+    curves: Sequence[dict[str, Any] | str | os.PathLike],
+    *,
+    with_anchors: bool = True,
+    title: str | None = None,
+):
+    """A matplotlib figure of PSNR against bpp for result dicts or JSON paths.
+
+    With ``with_anchors``, the shipped curves of every test set in ``curves`` are drawn too
+    (dashed). Every curve gets a legend entry; names that repeat are told apart by their file
+    name, and by test set when there are several.
+    """
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
+
+    loaded: list[tuple[dict[str, Any], str]] = []
+    for c in curves:
+        if isinstance(c, dict):
+            loaded.append((c, str(c.get("name", "result"))))
+        else:
+            loaded.append((load_results(c), Path(c).stem))
+    if not loaded:
+        raise ValueError("nothing to plot: give at least one result")
+
+    test_sets = sorted({str(c.get("test-set", "")) for c, _ in loaded} - {""})
+    several_sets = len(test_sets) > 1
+    labels = [_label(c, fb) + (f" [{c.get('test-set')}]" if several_sets else "") for c, fb in loaded]
+    repeated = {lab for lab in labels if labels.count(lab) > 1}
+    labels = [f"{lab} ({loaded[i][1]})" if lab in repeated else lab for i, lab in enumerate(labels)]
+
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    if with_anchors:
+        shown = {(c.get("test-set"), c.get("name")) for c, _ in loaded}
+        for test_set in test_sets:
+            for ref in anchors.anchors_for(test_set):
+                if (test_set, ref["name"]) in shown:
+                    continue  # a result of that name on that set is plotted already
+                r = ref["results"]
+                label = f"{ref['name']} (published)" + (f" [{test_set}]" if several_sets else "")
+                ax.plot(*zip(*sorted(zip(r["bpp"], r["psnr"]))), linestyle="--", linewidth=1.2, label=label)
+    for (c, _), label in zip(loaded, labels):
+        r = c["results"]
+        pts = sorted((b, p) for b, p in zip(r["bpp"], r["psnr"]) if b is not None and p is not None)
+        if not pts:
+            raise ValueError(f"{label}: no finite rate–PSNR points")
+        ax.plot(*zip(*pts), marker=".", linewidth=1.6, label=label)
+    ax.set_xlabel("bits per pixel (bpp)")
+    ax.set_ylabel("PSNR (dB, RGB)")
+    ax.set_title(title or ("Rate–distortion on " + (", ".join(test_sets) if test_sets else "images")))
+    ax.grid(True, alpha=0.35)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rd(
+    curves: Sequence[dict[str, Any] | str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    with_anchors: bool = True,
+    title: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Write :func:`rd_figure` of ``curves`` as a PNG at ``output``; returns its path."""
+    fig = rd_figure(curves, with_anchors=with_anchors, title=title)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=dpi, format="png")
+    return output
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Command line of ``lvae plot``: ``lvae plot results/*.json -o rd.png``; returns the exit status."""
+    p = _Parser(prog=prog, description="Plot PSNR against bpp for result JSONs, with the published anchor curves.")
+    p.add_argument("results", nargs="+", help="result JSON files (from eval-var-rate.py / lvae eval)")
+    p.add_argument("-o", "--output", default="rd.png", help="PNG to write (default rd.png)")
+    p.add_argument("--title", default=None, help="plot title")
+    p.add_argument("--no_anchors", action="store_true", help="leave out the published anchor curves")
+    args = p.parse_args(argv)
+    try:
+        out = plot_rd(args.results, args.output, with_anchors=not args.no_anchors, title=args.title)
+    except (ValueError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"plot written to {out}")
+    return 0

@@ -1,0 +1,100 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lvae import anchors
+from lvae.metrics import MS_SSIM_MIN_SIDE, bd_rate, ms_ssim, mse, psnr
+
+# Published BD-rates of qarv_base against VTM 18.0 (QARV paper / SPEC.md).
+PUBLISHED_BD = {"kodak": -5.90, "tecnick-rgb-1200": -8.94, "clic2022-test": -6.91}
+
+
+@pytest.mark.parametrize("test_set", sorted(PUBLISHED_BD))
+def test_bd_rate_reproduces_published_numbers(test_set):
+    vtm = anchors.load_anchor(test_set, "vtm18.0")["results"]
+    qarv = anchors.load_anchor(test_set, "qarv_base")["results"]
+    value = bd_rate(vtm["bpp"], vtm["psnr"], qarv["bpp"], qarv["psnr"])
+    assert value == pytest.approx(PUBLISHED_BD[test_set], abs=0.01)
+
+
+def test_bd_rate_of_a_scaled_curve_is_exact():
+    vtm = anchors.load_anchor("kodak")["results"]
+    rate = np.asarray(vtm["bpp"])
+    assert bd_rate(rate, vtm["psnr"], rate, vtm["psnr"]) == pytest.approx(0.0, abs=1e-9)
+    # A test curve using 10 % fewer bits at every PSNR is -10 %; the anchor then is +11.1 %.
+    assert bd_rate(rate, vtm["psnr"], 0.9 * rate, vtm["psnr"]) == pytest.approx(-10.0, abs=1e-6)
+    assert bd_rate(0.9 * rate, vtm["psnr"], rate, vtm["psnr"]) == pytest.approx(100 / 9, abs=1e-6)
+
+
+def test_bd_rate_ignores_point_order_and_uses_only_the_shared_interval():
+    a = anchors.load_anchor("kodak", "vtm18.0")["results"]
+    t = anchors.load_anchor("kodak", "qarv_base")["results"]
+    forward = bd_rate(a["bpp"], a["psnr"], t["bpp"], t["psnr"])
+    assert bd_rate(a["bpp"][::-1], a["psnr"][::-1], t["bpp"][::-1], t["psnr"][::-1]) == pytest.approx(forward, abs=1e-9)
+    # Exactly cubic log-rate curves: an anchor of twice the rate gives -50 %, although it
+    # extends well beyond the test curve's PSNR interval on both sides.
+    q = np.linspace(20, 50, 12)
+    log_r = 0.002 * (q - 20) ** 3 - 0.05 * (q - 20) ** 2 + 0.3 * q - 8
+    test_q = q[3:9]
+    test_r = np.exp(0.002 * (test_q - 20) ** 3 - 0.05 * (test_q - 20) ** 2 + 0.3 * test_q - 8)
+    assert bd_rate(2 * np.exp(log_r), q, test_r, test_q) == pytest.approx(-50.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (([1, 2, 3], [30, 31, 32], [1, 2, 3, 4], [30, 31, 32, 33]), "at least 4"),
+        (([1, 2, 3, 4], [30, 31, 32], [1, 2, 3, 4], [30, 31, 32, 33]), "same length"),
+        (([1, 2, 3, 4], [30, 31, 32, 33], [1, 2, 3, 4], [40, 41, 42, 43]), "share no PSNR interval"),
+        (([0, 2, 3, 4], [30, 31, 32, 33], [1, 2, 3, 4], [30, 31, 32, 33]), "positive"),
+        (([1, 2, 3, 4], [30, 31, 32, math.nan], [1, 2, 3, 4], [30, 31, 32, 33]), "finite"),
+        (([1, 2, 3, 4], [30, 30, 31, 31], [1, 2, 3, 4], [30, 31, 32, 33]), "distinct"),
+    ],
+)
+def test_bd_rate_refuses_curves_it_cannot_compare(args, message):
+    with pytest.raises(ValueError, match=message):
+        bd_rate(*args)
+
+
+def test_psnr_and_mse_known_values():
+    a = torch.zeros(1, 3, 8, 8)
+    b = torch.full((1, 3, 8, 8), 0.1)
+    assert mse(a, b) == pytest.approx(0.01)
+    assert psnr(a, b) == pytest.approx(20.0)
+    b[0, 0, 0, 0] = 0.5  # one sample off by 0.5 among 192
+    assert mse(a, b) == pytest.approx((191 * 0.01 + 0.25) / 192)
+    assert psnr(a, a) == math.inf
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, b[:, :, :4])
+
+
+def test_ms_ssim():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, MS_SSIM_MIN_SIDE, 200, generator=g)
+    assert ms_ssim(a, a) == pytest.approx(1.0, abs=1e-6)
+    slightly = (a + 0.02 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    very = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert 1.0 > ms_ssim(a, slightly) > ms_ssim(a, very) > 0.0
+    with pytest.raises(ValueError, match=str(MS_SSIM_MIN_SIDE)):
+        ms_ssim(a[:, :, :100], a[:, :, :100])
+
+
+def test_shipped_anchors():
+    assert set(anchors.list_anchors()) >= {
+        ("kodak", "vtm18.0"),
+        ("kodak", "qarv_base"),
+        ("kodak", "qres34m"),
+        ("tecnick-rgb-1200", "vtm18.0"),
+        ("tecnick-rgb-1200", "qarv_base"),
+        ("clic2022-test", "vtm18.0"),
+        ("clic2022-test", "qarv_base"),
+    }
+    kodak = anchors.load_anchor("kodak", "qarv_base")
+    assert kodak["name"] == "qarv_base" and kodak["test-set"] == "kodak"
+    assert len(kodak["results"]["bpp"]) == len(kodak["results"]["psnr"]) == len(kodak["lambdas"]) == 16
+    assert [c["name"] for c in anchors.anchors_for("kodak")] == ["qarv_base", "qres34m", "vtm18.0"]
+    assert anchors.anchors_for("no-such-set") == []
+    with pytest.raises(ValueError, match="no shipped anchor curve 'vtm18.0' for test set 'kodak3'"):
+        anchors.load_anchor("kodak3")
