@@ -1,0 +1,105 @@
+"""Training data: an image folder read as random crops, and a sampler that can resume mid-epoch."""
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler
+
+from ..paths import IMAGE_EXTENSIONS, list_images, resolve_dataset
+
+__all__ = ["ImageFolderCrops", "ResumableDistributedSampler", "load_rgb", "worker_init"]
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an H×W×3 uint8 array (decoded fully, so a truncated file fails here)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class ImageFolderCrops(Dataset):
+    """Random ``crop``×``crop`` patches (float, [0, 1], 3×crop×crop) of the images in a folder.
+
+    ``root`` is a folder or a name of :data:`lvae.paths.known_datasets`; sub-folders are searched.
+    Images smaller than the crop are reflect-padded. Unreadable files are skipped with a warning
+    (the next readable image takes their place).
+    """
+
+    def __init__(self, root: str | os.PathLike, crop: int, hflip: bool = True):
+        self.root = resolve_dataset(root)
+        self.files = list_images(self.root, recursive=True)
+        if not self.files:
+            raise ValueError(
+                f"no training images in {self.root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        if crop < 1:
+            raise ValueError(f"crop size must be positive, got {crop}")
+        self.crop = crop
+        self.hflip = hflip
+        self._unreadable: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        n = len(self.files)
+        for k in range(n):
+            path = self.files[(index + k) % n]
+            if path in self._unreadable:
+                continue
+            try:
+                arr = load_rgb(path)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                self._unreadable.add(path)
+                warnings.warn(f"skipping unreadable image {path}: {exc}", RuntimeWarning, stacklevel=2)
+                continue
+            return self.random_crop(arr)
+        raise RuntimeError(f"none of the {n} images under {self.root} could be read")
+
+    def random_crop(self, arr: np.ndarray) -> torch.Tensor:
+        c = self.crop
+        h, w = arr.shape[:2]
+        if h < c or w < c:
+            # numpy's reflect mode repeats the reflection when the pad exceeds the image side.
+            arr = np.pad(arr, ((0, max(c - h, 0)), (0, max(c - w, 0)), (0, 0)), mode="reflect")
+            h, w = arr.shape[:2]
+        top = int(torch.randint(0, h - c + 1, ()))
+        left = int(torch.randint(0, w - c + 1, ()))
+        patch = arr[top : top + c, left : left + c]
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            patch = patch[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """A :class:`DistributedSampler` that can start an epoch at a given position (for resuming).
+
+    The order of an epoch depends only on ``seed`` and the epoch number, so skipping the samples
+    already used continues the interrupted epoch exactly.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def set_position(self, epoch: int, skip: int) -> None:
+        """Use epoch ``epoch`` and leave out its first ``skip`` samples (of this rank's shard)."""
+        self.set_epoch(epoch)
+        self.skip = max(0, skip)
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)
+
+
+def worker_init(_worker_id: int) -> None:
+    """Data-loading workers leave SIGINT/SIGTERM to the training process, which saves and stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,0 +1,496 @@
+"""The variable-rate training loop behind ``train-var-rate.py``.
+
+One :class:`Trainer` per process. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel, every rank reads its own shard of the data, and rank 0 alone writes the
+run folder (``runs/<name>/``: ``config.json``, ``log.jsonl``, ``last.pt``, ``last_ema.pt``,
+``best.pt``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import __version__
+from ..errors import LvaeError
+from ..hub import load_checkpoint_state_dict, load_state_dict_strict
+from ..registry import get_model
+from .checkpoint import (
+    BEST,
+    LAST,
+    LAST_EMA,
+    atomic_save,
+    find_resume_checkpoint,
+    load_training_checkpoint,
+    param_checksum,
+    rng_state,
+    set_rng_state,
+)
+from .config import ConfigError, TrainConfig, TrainingError, merge_for_resume, parse_args
+from .data import ImageFolderCrops, ResumableDistributedSampler, worker_init
+from .distributed import DistContext, cleanup_distributed, setup_distributed
+from .ema import ModelEma
+from .schedule import SpikeGuard, lr_factor
+from .tracking import RunLog, init_wandb, require_wandb
+from .validation import anchor_curve, bd_rate_vs_anchor, evaluate, load_validation_images, validation_lambdas
+
+__all__ = ["Trainer", "build_model", "param_groups", "main"]
+
+SPIKE_FACTOR = 10.0  # a grad norm above 10× the running median is a spike ...
+SPIKE_WINDOW = 100  # ... of the last 100 norms
+SPIKE_LR_CUT = 0.1  # a spike step runs at a tenth of the lr
+MAX_SKIPPED_IN_A_ROW = 100  # non-finite gradients this many steps in a row: the run has diverged
+
+
+def build_model(name: str, model_args: dict[str, Any]) -> nn.Module:
+    """``lvae.get_model(name, **model_args)`` with argument errors turned into one-line ValueErrors."""
+    try:
+        return get_model(name, **model_args)
+    except TypeError as exc:
+        raise ValueError(f"bad --model_args for {name!r}: {exc}") from None
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two Adam groups: weight decay on weight matrices and kernels only, never on biases,
+    per-channel gains (``gamma``), norms or the decoder's learned input ``bias``."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(("bias", "gamma")) or "norm" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Builds the model, data, optimizer and run folder from a config, then trains (:meth:`run`)."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, explicit: set[str] | None = None):
+        self.ctx = ctx
+        ckpt = None
+        resume_path = self.resume_path = None
+        if cfg.resume:
+            resume_path = self.resume_path = find_resume_checkpoint(cfg.resume, cfg.runs_dir)
+            ckpt = load_training_checkpoint(resume_path)
+            cfg = merge_for_resume(ckpt["config"], cfg, explicit or set())
+            if ckpt["model_name"] != cfg.model or ckpt["model_args"] != cfg.model_args:
+                raise ConfigError(f"{resume_path} was written for another model than its config names")
+        self.cfg = cfg
+        device = ctx.device
+        if cfg.amp and device.type != "cuda":
+            raise ConfigError("--amp needs a CUDA device")
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
+
+        # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway).
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, cfg.model_args)
+        if cfg.weights and ckpt is None:  # a resumed run takes its weights from last.pt
+            load_state_dict_strict(self.model, load_checkpoint_state_dict(cfg.weights), source=cfg.weights)
+        self.model.to(device).train()
+        self.optimizer = torch.optim.Adam(param_groups(self.model, cfg.wdecay), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp)
+        self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None
+        self.guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WINDOW)
+        self.iteration = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.wandb_id: str | None = None
+
+        # Data: each rank its shard; the loader's own generator keeps the global RNG stream
+        # independent of when epochs start (so a resumed run draws the same numbers).
+        self.dataset = ImageFolderCrops(cfg.trainset, cfg.crop, cfg.hflip)
+        per_rank = math.ceil(len(self.dataset) / ctx.world_size)
+        if per_rank < cfg.batch_size:
+            raise ValueError(
+                f"the training set has {len(self.dataset)} images: too few for {ctx.world_size} process(es) "
+                f"× --batch_size {cfg.batch_size}"
+            )
+        self.sampler = ResumableDistributedSampler(self.dataset, ctx.world_size, ctx.rank, seed=cfg.seed)
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=cfg.workers > 0,
+            worker_init_fn=worker_init,
+            generator=self.loader_generator,
+        )
+
+        self.validating = cfg.valset.lower() != "none"
+        self.val_images = load_validation_images(cfg.valset) if self.validating else []
+        self.val_lmbs = validation_lambdas(self.model.lmb_range, cfg.val_steps)
+        self.anchor = anchor_curve(cfg.valset) if self.validating else None
+        self.best: dict[str, Any] = {"metric": self._best_metric_name(), "value": None, "iteration": None}
+
+        if ckpt is not None:
+            self._load_state(ckpt)
+        else:
+            torch.manual_seed(cfg.seed + ctx.rank)  # each rank its own λ draws and crops
+            random.seed(cfg.seed + ctx.rank)
+
+        self.ddp: nn.Module = self.model
+        if ctx.distributed:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+        self.log: RunLog | None = None
+        self.run_dir = Path(ctx.run_on_primary(self._prepare_run))
+        self.cfg.name = self.run_dir.name
+        if self.log is not None:
+            if resume_path is not None:
+                self.log.write("resume", self.iteration, checkpoint=str(resume_path), world_size=ctx.world_size)
+            else:
+                self.log.write("start", 0, world_size=ctx.world_size, device=str(device))
+
+        self._signal: int | None = None
+        self._signals_seen = 0
+        self._skipped_in_a_row = 0
+        self._lr = cfg.lr
+        self._reset_window()
+
+    # -- set-up helpers ----------------------------------------------------------------------
+    def _best_metric_name(self) -> str:
+        """BD-rate when the valset has a VTM anchor and lvae.metrics is there; the validation loss otherwise."""
+        if self.anchor is not None:
+            try:
+                from ..metrics import bd_rate  # noqa: F401
+            except ImportError:
+                return "loss"
+            return "bd_rate"
+        return "loss"
+
+    def _resolved_config(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            **cfg.to_dict(),
+            "world_size": self.ctx.world_size,
+            "global_batch": cfg.batch_size * cfg.accum_num * self.ctx.world_size,
+            "model_config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
+            "val_lambdas": self.val_lmbs,
+            "best_metric": self.best["metric"],
+            "lvae_version": __version__,
+            "torch_version": torch.__version__,
+        }
+
+    def _prepare_run(self) -> str:
+        """Rank 0: create (or, resuming, reuse) the run folder, write the resolved config, open the logs."""
+        cfg = self.cfg
+        if cfg.wbmode != "disabled":
+            require_wandb()  # before anything is written
+        if self.resume_path is not None:
+            run_dir = self.resume_path.parent
+        else:
+            name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = Path(cfg.runs_dir) / name
+            if run_dir.exists():
+                raise ValueError(f"run folder {run_dir} exists: continue it with --resume {name}, or pick another --name")
+            run_dir.mkdir(parents=True)
+        cfg.name = run_dir.name
+        (run_dir / "config.json").write_text(json.dumps(self._resolved_config(), indent=2) + "\n")
+        wb = None
+        if cfg.wbmode != "disabled":
+            wb = init_wandb(cfg.wbproject, cfg.wbgroup, cfg.name, cfg.wbmode, self._resolved_config(), run_dir,
+                            run_id=self.wandb_id)
+            self.wandb_id = wb.id
+        self.log = RunLog(run_dir, wb)
+        return str(run_dir)
+
+    def _load_state(self, ckpt: dict[str, Any]) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        load_state_dict_strict(self.model, ckpt["model"], source="last.pt")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if cfg.amp and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.guard.load_state_dict(ckpt.get("spike_guard", {"history": []}))
+        self.iteration = int(ckpt["iteration"])
+        self.epoch = int(ckpt.get("epoch", 0))
+        self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
+        saved_best = ckpt.get("best") or {}
+        if saved_best.get("metric") == self.best["metric"]:
+            self.best = dict(saved_best)
+        self.wandb_id = ckpt.get("wandb_id")
+        rngs = ckpt.get("rng") or []
+        same_layout = ckpt.get("world_size") == ctx.world_size and len(rngs) == ctx.world_size
+        if same_layout:
+            set_rng_state(rngs[ctx.rank])
+        else:
+            # Another process count: the data order and the random streams start afresh.
+            if ctx.is_primary:
+                warnings.warn(
+                    f"resuming with {ctx.world_size} process(es) instead of {ckpt.get('world_size')}: "
+                    "a new data epoch and new random streams begin",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            torch.manual_seed(cfg.seed + ctx.rank + 1_000_003 * self.iteration)
+            random.seed(cfg.seed + ctx.rank + 1_000_003 * self.iteration)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """Endless batches; ``epoch``/``batch_in_epoch`` count what has been handed out."""
+        skip = self.batch_in_epoch * self.cfg.batch_size
+        while True:
+            self.sampler.set_position(self.epoch, skip)
+            self.loader_generator.manual_seed(self.cfg.seed + 7919 * self.epoch + self.ctx.rank)
+            skip = 0
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _reset_window(self) -> None:
+        """Start a new logging window (averages between two log lines)."""
+        self._acc = torch.zeros(4, device=self.ctx.device)  # loss, bpp, psnr, micro-batches
+        self._norms: list[float] = []
+        self._spikes = 0
+        self._skipped = 0
+        self._window_start = time.perf_counter()
+        self._window_iter = self.iteration
+
+    def train_step(self, batches: Iterator[torch.Tensor]) -> None:
+        """One optimizer step over ``accum_num`` micro-batches."""
+        cfg, ctx = self.cfg, self.ctx
+        accum = cfg.accum_num
+        for k in range(accum):
+            im = next(batches).to(ctx.device, non_blocking=True)
+            last_micro = k == accum - 1
+            # Gradients are all-reduced only on the last micro-batch of the step.
+            sync = self.ddp.no_sync() if (ctx.distributed and not last_micro) else nullcontext()
+            with sync:
+                with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=cfg.amp):
+                    out = self.ddp(im)  # λ drawn per image
+                self.scaler.scale(out["loss"] / accum).backward()
+            self._acc += torch.stack([out["loss"].detach().float(), out["bpp"].detach().float(),
+                                      out["psnr"].detach().float(), torch.ones((), device=ctx.device)])
+
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        # NOTE: .item() is a CPU-GPU sync point, needed every step by the spike guard.
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        finite = math.isfinite(norm)
+        spike = self.guard.check(norm)
+        lr = cfg.lr * lr_factor(cfg.lr_sched, self.iteration, cfg.iterations, cfg.lrf_min, cfg.lr_warmup)
+        if spike:
+            lr *= SPIKE_LR_CUT
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the step itself when gradients are not finite
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite and not spike and self.ema is not None:
+            self.ema.update(self.model, self.iteration + 1)
+
+        self._lr = lr
+        if finite:
+            self._norms.append(norm)
+            self._skipped_in_a_row = 0
+        else:
+            self._skipped += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW and not cfg.amp:
+                raise TrainingError(
+                    f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row (iteration "
+                    f"{self.iteration + 1}): training diverged; lower --lr or resume from an earlier checkpoint"
+                )
+        self._spikes += int(spike)
+
+    def _log_train(self, pbar: tqdm) -> None:
+        """Average the window over all ranks (a collective: every rank calls it) and log it."""
+        acc = self.ctx.all_reduce_(self._acc.clone()).tolist()
+        n = max(acc[3], 1.0)
+        steps = self.iteration - self._window_iter
+        elapsed = time.perf_counter() - self._window_start
+        stats = {
+            "loss": acc[0] / n,
+            "bpp": acc[1] / n,
+            "psnr": acc[2] / n,
+            "lr": self._lr,
+            "grad_norm": sum(self._norms) / len(self._norms) if self._norms else None,
+            "spikes": self._spikes,
+            "skipped": self._skipped,
+            "it_per_s": steps / elapsed if elapsed > 0 else None,
+            "epoch": self.epoch,
+        }
+        if self.log is not None:
+            self.log.write("train", self.iteration, **stats)
+            self.log.wandb_log({f"train/{k}": v for k, v in stats.items()}, self.iteration)
+            pbar.set_postfix(
+                loss=f"{stats['loss']:.4g}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}",
+                lr=f"{stats['lr']:.2e}", refresh=False,
+            )
+        self._reset_window()
+
+    def validate(self) -> dict[str, Any]:
+        """Evaluate (the EMA if kept, else the model) on the validation set; keep ``best.pt``."""
+        target = self.ema.module if self.ema is not None else self.model
+        res = evaluate(target, self.val_images, self.val_lmbs, self.ctx)
+        bd = None
+        if self.anchor is not None:
+            bd = bd_rate_vs_anchor(self.anchor, res["bpp"], res["psnr"])
+        res["bd_rate"] = bd
+        value = bd if self.best["metric"] == "bd_rate" else res["loss"]
+        improved = value is not None and (self.best["value"] is None or value < self.best["value"])
+        if improved:
+            self.best = {"metric": self.best["metric"], "value": value, "iteration": self.iteration}
+        if self.log is not None:
+            if improved:
+                atomic_save({"model": target.state_dict()}, self.run_dir / BEST)
+            which = "ema" if self.ema is not None else "model"
+            self.log.write("val", self.iteration, model=which, best=improved, **res)
+            scalars = {"val/loss": res["loss"], "val/bd_rate": bd}
+            for lmb, b, p in zip(res["lmb"], res["bpp"], res["psnr"]):
+                scalars[f"val/bpp_lmb{lmb:.0f}"] = b
+                scalars[f"val/psnr_lmb{lmb:.0f}"] = p
+            self.log.wandb_log(scalars, self.iteration)
+            curve = ", ".join(f"{b:.3f}/{p:.2f}" for b, p in zip(res["bpp"], res["psnr"]))
+            bd_text = f", BD-rate {bd:+.2f}%" if bd is not None else ""
+            tqdm.write(f"[{self.iteration}] val ({which}) bpp/PSNR: {curve}{bd_text}", file=sys.stderr)
+        return res
+
+    def save_checkpoint(self) -> None:
+        """Write ``last.pt`` (and ``last_ema.pt``) on rank 0; every rank must call it (collectives)."""
+        rngs = self.ctx.all_gather_object(rng_state())
+        checksums = self.ctx.all_gather_object(param_checksum(self.model))
+        if not self.ctx.is_primary:
+            return
+        cfg = self.cfg
+        ckpt = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "spike_guard": self.guard.state_dict(),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": self.best,
+            "rng": rngs,
+            "world_size": self.ctx.world_size,
+            "config": cfg.to_dict(),
+            "model_name": cfg.model,
+            "model_args": cfg.model_args,
+            "wandb_id": self.wandb_id,
+            "lvae_version": __version__,
+        }
+        atomic_save(ckpt, self.run_dir / LAST)
+        if self.ema is not None:
+            atomic_save({"model": self.ema.state_dict()}, self.run_dir / LAST_EMA)
+        identical = len(set(checksums)) == 1
+        if self.log is not None:
+                self.log.write("checkpoint", self.iteration, checksums=checksums, identical=identical)
+        if not identical:
+            warnings.warn(f"model weights differ between ranks at iteration {self.iteration}: {checksums}",
+                          RuntimeWarning, stacklevel=2)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # Save at the next step boundary; a third signal (the first may arrive twice, from the
+        # terminal and from torchrun) stops at once without saving.
+        self._signals_seen += 1
+        if self._signals_seen >= 3:
+            raise KeyboardInterrupt
+        if self._signal is None:
+            self._signal = signum
+
+    def _stop_signal(self) -> int:
+        """The signal number that asks to stop (0: none), agreed by all ranks."""
+        sig = self._signal or 0
+        if self.ctx.distributed:
+            t = self.ctx.all_reduce_(torch.tensor([sig], device=self.ctx.device), op="max")
+            sig = int(t.item())
+        return sig
+
+    def run(self) -> int:
+        """Train to ``cfg.iterations``; return 0, or 128 + signal number when stopped by a signal."""
+        cfg = self.cfg
+        if self.iteration >= cfg.iterations:
+            if self.log is not None:
+                tqdm.write(f"{self.run_dir} is at iteration {self.iteration} ≥ --iterations {cfg.iterations}: "
+                           "nothing to do", file=sys.stderr)
+                self.log.close()
+            return 0
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        pbar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.ctx.is_primary,
+                    desc=self.run_dir.name, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        batches = self._batches()
+        self._reset_window()
+        try:
+            while self.iteration < cfg.iterations:
+                self.train_step(batches)
+                self.iteration += 1
+                pbar.update(1)
+                last = self.iteration == cfg.iterations
+                if self.iteration % cfg.log_every == 0 or last:
+                    self._log_train(pbar)
+                sig = self._stop_signal()
+                paused = time.perf_counter()
+                if self.validating and not sig and (self.iteration % cfg.val_every == 0 or last):
+                    self.validate()
+                if sig or last or self.iteration % cfg.ckpt_every == 0:
+                    self.save_checkpoint()
+                self._window_start += time.perf_counter() - paused  # it/s counts training time only
+                if sig:
+                    if self.log is not None:
+                        self.log.write("stopped", self.iteration, signal=signal.Signals(sig).name)
+                        tqdm.write(f"stopped by {signal.Signals(sig).name} at iteration {self.iteration}; "
+                                   f"continue with --resume {self.run_dir}", file=sys.stderr)
+                    return 128 + sig
+            if self.log is not None:
+                self.log.write("done", self.iteration, best=self.best)
+            return 0
+        finally:
+            pbar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.log is not None:
+                self.log.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``train-var-rate.py``: errors become one line on stderr and a non-zero exit."""
+    prog = "train-var-rate.py"
+    try:
+        cfg, explicit = parse_args(argv)
+        ctx = setup_distributed(cfg.device)
+        return Trainer(cfg, ctx, explicit).run()
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, LvaeError, TrainingError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        cleanup_distributed()
