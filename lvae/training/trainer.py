@@ -77,6 +77,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _grad_scaler(device_type: str, enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):  # torch ≥ 2.3
+        return torch.amp.GradScaler(device_type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 class Trainer:
     """Builds the model, data, optimizer and run folder from a config, then trains (:meth:`run`)."""
 
@@ -104,7 +110,7 @@ class Trainer:
             load_state_dict_strict(self.model, load_checkpoint_state_dict(cfg.weights), source=cfg.weights)
         self.model.to(device).train()
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg.wdecay), lr=cfg.lr)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp)
+        self.scaler = _grad_scaler(device.type, cfg.amp)
         self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None
         self.guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WINDOW)
         self.iteration = 0
