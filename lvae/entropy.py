@@ -19,8 +19,14 @@ SCALE_LEVELS = 64
 
 
 def qarv_scale_table() -> list[float]:
-    """``exp(linspace(ln 0.11, ln 20, 64))``: the scales for which CDF tables are built."""
-    return torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS)).tolist()
+    """``exp(linspace(ln 0.11, ln 20, 64))``: the scales for which CDF tables are built.
+
+    NOTE: computed in float64 and only then rounded to float32 (by CompressAI); a float32
+    computation differs by one ulp in 36 of the 64 entries, which changes the CDF index of a scale
+    that falls exactly on an entry, and so the bytes (seen on the reference λ=16 file).
+    """
+    step = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (SCALE_LEVELS - 1)
+    return [math.exp(math.log(SCALE_MIN) + i * step) for i in range(SCALE_LEVELS)]
 
 
 class DiscreteGaussian(GaussianConditional):

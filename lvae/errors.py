@@ -1,7 +1,7 @@
 """Exception types that callers may need to tell apart."""
 from __future__ import annotations
 
-__all__ = ["LvaeError", "CheckpointError", "WeightsUnavailableError", "BitstreamError"]
+__all__ = ["LvaeError", "CheckpointError", "WeightsUnavailableError", "BitstreamError", "ImageReadError"]
 
 
 class LvaeError(Exception):
@@ -18,3 +18,7 @@ class WeightsUnavailableError(LvaeError, RuntimeError):
 
 class BitstreamError(LvaeError, ValueError):
     """A compressed file is truncated, corrupted, foreign, or made by another model."""
+
+
+class ImageReadError(LvaeError, ValueError):
+    """A file that should be an image cannot be read as one."""

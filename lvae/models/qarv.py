@@ -3,10 +3,12 @@
 The network is built from a :class:`QARVConfig`; ``qarv_base`` is the published configuration.
 The model exposes one method per job: :meth:`QARV.forward` (training / evaluation statistics),
 :meth:`QARV.sample`, :meth:`QARV.compress_latents` and :meth:`QARV.decompress_latents`
-(entropy-coded latent strings). Byte containers live in :mod:`lvae.bitstream`, not here.
+(entropy-coded latent strings). Files and byte containers (``compress``, ``decompress``,
+``compress_file``, ``decompress_file``) come from :class:`lvae.codec.CompressionMixin`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..codec import CompressionMixin
 from ..entropy import DiscreteGaussian, gaussian_bin_nll
 from ..layers import (
     ConvNeXtBlockAdaLN,
@@ -28,6 +31,10 @@ from ..layers import (
 __all__ = ["QARVConfig", "LatentVariableBlock", "QARV"]
 
 LOG2_E = math.log2(math.e)
+# NOTE: oneDNN's 1×1 convolutions round differently with different CPU thread counts. A scale
+# that moves across a CDF-table boundary changes the bytes and makes a file undecodable, so
+# entropy coding on the CPU runs on this many threads (None: leave torch's setting alone).
+CODING_THREADS: int | None = 1
 MAX_SYMBOL = 2**20  # largest |round(q - μ)| the encoder accepts
 
 
@@ -166,11 +173,29 @@ class LatentVariableBlock(nn.Module):
     def decode(self, f: torch.Tensor, strings: Sequence[bytes], emb: torch.Tensor) -> torch.Tensor:
         f, pm, pv = self.prior_params(f, emb)
         dg = self.discrete_gaussian
-        z = dg.decompress(list(strings), dg.build_indexes(pv), means=pm)
+        # NOTE: CompressAI's rANS decoder reads 32-bit words without bounds checks. A corrupted
+        # string would make it read past its end, so zeros are appended: enough for one word per
+        # symbol and its bypass header, plus the longest bypass run the string's bits can encode.
+        per_image = pm[0].numel()
+        padded = [bytes(s) + bytes(8 * per_image + 16 * len(s) + 64) for s in strings]
+        z = dg.decompress(padded, dg.build_indexes(pv), means=pm)
         return self.merge(f, z, emb)
 
 
-class QARV(nn.Module):
+@contextlib.contextmanager
+def _coding_threads(device: torch.device):
+    if CODING_THREADS is None or device.type != "cpu" or torch.get_num_threads() == CODING_THREADS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CODING_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class QARV(CompressionMixin, nn.Module):
     """Variable-rate lossy VAE. Build it with :func:`lvae.get_model` or from a :class:`QARVConfig`."""
 
     max_stride = 64
@@ -367,7 +392,8 @@ class QARV(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self.forward(im, self.default_lmb if lmb is None else lmb)
+            with _coding_threads(im.device):  # the same arithmetic as decoding a file
+                out = self.forward(im, self.default_lmb if lmb is None else lmb)
         finally:
             self.train(was_training)
         return self.postprocess(out["x_hat"])
@@ -412,7 +438,7 @@ class QARV(nn.Module):
         n, _, h, w = im.shape
         lmb_t = self.lmb_tensor(lmb, n)
         emb = self.lmb_embedding(lmb_t)
-        feats = self.encode_features(self.preprocess(im), emb)
+        feats: dict[str, torch.Tensor] = {}
         strings: list[list[bytes]] = []
 
         def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
@@ -421,7 +447,9 @@ class QARV(nn.Module):
             return f
 
         grid = (h // self.max_stride, w // self.max_stride)
-        self._run_decoder(self.top_feature(n, *grid), emb, latent, stop_at_mark=True)
+        with _coding_threads(im.device):
+            feats.update(self.encode_features(self.preprocess(im), emb))
+            self._run_decoder(self.top_feature(n, *grid), emb, latent, stop_at_mark=True)
         return strings, grid
 
     @torch.no_grad()
@@ -441,4 +469,5 @@ class QARV(nn.Module):
         emb = self.lmb_embedding(lmb_t)
         queue = iter(strings)
         f = self.top_feature(n, *latent_hw)
-        return self._run_decoder(f, emb, lambda b, f: b.decode(f, next(queue), emb))
+        with _coding_threads(f.device):
+            return self._run_decoder(f, emb, lambda b, f: b.decode(f, next(queue), emb))

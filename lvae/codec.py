@@ -1,0 +1,302 @@
+"""Image ↔ bytes ↔ file: padding, containers, rate targets, files on disk.
+
+:class:`CompressionMixin` adds ``compress``/``decompress``/``compress_file``/``decompress_file``
+to a model that provides ``compress_latents``/``decompress_latents`` (see
+:class:`lvae.models.QARV`). It needs nothing else from the model, and nothing here knows the
+network's insides.
+
+Rate targets (``target_bytes``, ``target_bpp``, ``target_psnr``) are met by bisection over ln λ:
+2 encodes (or forward passes, for PSNR) at the ends of the λ range, then at most
+``SEARCH_STEPS`` (= 12) more, stopping early once the λ bracket is narrower than 0.1 %.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import bitstream
+from .errors import BitstreamError
+from .io import atomic_write_bytes, load_image
+
+__all__ = ["CompressResult", "CompressionMixin", "pad_image", "psnr", "SEARCH_STEPS", "DEFAULT_MAX_PIXELS"]
+
+SEARCH_STEPS = 12
+DEFAULT_MAX_PIXELS = 2**28  # ≈ 268 megapixels: refuse to decode headers that claim more
+FORMATS = ("lvae", "legacy")
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """What one compression produced (``path`` is None for in-memory compression)."""
+
+    path: Path | None
+    num_bytes: int
+    bpp: float  # file bits / original pixels
+    psnr: float  # dB, RGB in [0, 1], of the image the file decodes to (NaN if not measured)
+    lmb: float
+    height: int
+    width: int
+    encodes: int  # real encodes spent (1 without a target)
+
+
+def pad_image(im: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pad right and bottom by edge replication to multiples of ``stride``."""
+    h, w = im.shape[2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph == 0 and pw == 0:
+        return im
+    return F.pad(im, (0, pw, 0, ph), mode="replicate")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def _check_input(im: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(im) or im.dim() != 4 or im.shape[0] != 1 or im.shape[1] != 3:
+        shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
+        raise ValueError(f"expected one RGB image as a 1×3×H×W tensor, got {shape}")
+    if im.shape[2] < 1 or im.shape[3] < 1:
+        raise ValueError(f"image is empty ({im.shape[2]}×{im.shape[3]})")
+    if not im.is_floating_point():
+        raise ValueError(f"expected a float image in [0, 1], got dtype {im.dtype}")
+    if not bool(torch.isfinite(im).all()) or im.min() < 0 or im.max() > 1:
+        raise ValueError("image values must be finite and within [0, 1]")
+    return im
+
+
+class CompressionMixin:
+    """Adds byte- and file-level coding to a model with ``compress_latents``/``decompress_latents``."""
+
+    def _ensure_tables(self) -> None:
+        if not all(b.discrete_gaussian.ready for b in self.latent_blocks):
+            self.compress_mode(True)
+
+    # -- one real encode ---------------------------------------------------------------------
+    def _encode(self, im: torch.Tensor, lmb: float, format: str) -> bytes:
+        h, w = im.shape[2:]
+        x = pad_image(im, self.max_stride)
+        strings, _ = self.compress_latents(x, lmb)
+        strings = [s[0] for s in strings]
+        if format == "legacy":
+            return bitstream.pack_legacy(lmb, h, w, strings)
+        if not self.name:
+            raise ValueError("the model has no registered name to record in the file; build it with lvae.get_model()")
+        return bitstream.pack(self.name, lmb, h, w, strings)
+
+    @torch.no_grad()
+    def _reconstruct_padded(self, im: torch.Tensor, lmb: float) -> torch.Tensor:
+        h, w = im.shape[2:]
+        return self.reconstruct(pad_image(im, self.max_stride), lmb)[:, :, :h, :w]
+
+    def _lmb_value(self, lmb: float) -> float:
+        """Validate λ and round it to float32, the precision it is stored with."""
+        value = float(self.lmb_tensor(lmb, 1)[0])
+        lo, hi = self.lmb_range
+        return min(max(value, lo), hi)
+
+    # -- the public API ----------------------------------------------------------------------
+    @torch.no_grad()
+    def compress_with_result(
+        self,
+        im: torch.Tensor,
+        lmb: float | None = None,
+        *,
+        target_bpp: float | None = None,
+        target_bytes: int | None = None,
+        target_psnr: float | None = None,
+        format: str = "lvae",
+        compute_psnr: bool = True,
+    ) -> tuple[bytes, CompressResult]:
+        """Like :meth:`compress`, also returning a :class:`CompressResult`.
+
+        With ``compute_psnr`` the file is decoded once to measure the PSNR of what it holds.
+        """
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+        chosen = [k for k, v in (("lmb", lmb), ("target_bpp", target_bpp), ("target_bytes", target_bytes),
+                                 ("target_psnr", target_psnr)) if v is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give at most one of lmb, target_bpp, target_bytes, target_psnr (got {', '.join(chosen)})")
+        im = _check_input(im).to(next(self.parameters()).device)
+        self._ensure_tables()
+        h, w = im.shape[2:]
+        encodes = 0
+
+        def encode(value: float) -> bytes:
+            nonlocal encodes
+            encodes += 1
+            return self._encode(im, value, format)
+
+        if target_bpp is not None or target_bytes is not None:
+            if target_bpp is not None:
+                if not (math.isfinite(target_bpp) and target_bpp > 0):
+                    raise ValueError(f"target_bpp must be a positive number, got {target_bpp}")
+                budget = int(math.floor(target_bpp * h * w / 8))
+            else:
+                if isinstance(target_bytes, bool) or int(target_bytes) != target_bytes or target_bytes <= 0:
+                    raise ValueError(f"target_bytes must be a positive integer, got {target_bytes}")
+                budget = int(target_bytes)
+            value, data = self._search_budget(encode, budget)
+        elif target_psnr is not None:
+            if not math.isfinite(target_psnr):
+                raise ValueError(f"target_psnr must be a finite number, got {target_psnr}")
+            value = self._search_psnr(im, float(target_psnr))
+            data = encode(value)
+        else:
+            value = self._lmb_value(self.default_lmb if lmb is None else lmb)
+            data = encode(value)
+        quality = psnr(self.decompress(data), im) if compute_psnr else float("nan")
+        result = CompressResult(None, len(data), 8 * len(data) / (h * w), quality, value, h, w, encodes)
+        return data, result
+
+    def compress(
+        self,
+        im: torch.Tensor,
+        lmb: float | None = None,
+        *,
+        target_bpp: float | None = None,
+        target_bytes: int | None = None,
+        target_psnr: float | None = None,
+        format: str = "lvae",
+    ) -> bytes:
+        """Compress one image (1×3×H×W in [0, 1], any size ≥ 1×1) into a complete file's bytes.
+
+        Give at most one of: ``lmb`` (default :attr:`default_lmb`); ``target_bytes`` / ``target_bpp``
+        (the highest quality whose real file fits the budget; never over it); ``target_psnr`` (the
+        smallest file whose decoded image reaches that PSNR). An impossible target raises ValueError.
+        ``format='legacy'`` writes the QARV authors' layout instead of lvae's container.
+        """
+        return self.compress_with_result(
+            im, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr, format=format,
+            compute_psnr=False,
+        )[0]
+
+    def _search_budget(self, encode: Callable[[float], bytes], budget: int) -> tuple[float, bytes]:
+        lo, hi = (self._lmb_value(v) for v in self.lmb_range)
+        data_lo = encode(lo)
+        if len(data_lo) > budget:
+            raise ValueError(
+                f"impossible target: even the lowest rate (λ={lo:g}) needs {len(data_lo)} bytes, "
+                f"over the budget of {budget}"
+            )
+        data_hi = encode(hi)
+        if len(data_hi) <= budget:
+            return hi, data_hi
+        best = (lo, data_lo)
+        a, b = math.log(lo), math.log(hi)  # fits at a, does not fit at b
+        for _ in range(SEARCH_STEPS):
+            if b - a < 1e-3:
+                break
+            mid = self._lmb_value(math.exp((a + b) / 2))
+            data = encode(mid)
+            if len(data) <= budget:
+                a = math.log(mid)
+                if mid > best[0]:
+                    best = (mid, data)
+            else:
+                b = math.log(mid)
+        return best
+
+    def _search_psnr(self, im: torch.Tensor, target: float) -> float:
+        lo, hi = (self._lmb_value(v) for v in self.lmb_range)
+
+        def quality(value: float) -> float:
+            return psnr(self._reconstruct_padded(im, value), im)
+
+        q_hi = quality(hi)
+        if q_hi < target:
+            raise ValueError(
+                f"impossible target: the highest quality of this model (λ={hi:g}) gives {q_hi:.2f} dB, "
+                f"below {target:g} dB"
+            )
+        if quality(lo) >= target:
+            return lo
+        a, b = math.log(lo), math.log(hi)  # below target at a, reaches it at b
+        best = hi
+        for _ in range(SEARCH_STEPS):
+            if b - a < 1e-3:
+                break
+            mid = self._lmb_value(math.exp((a + b) / 2))
+            if quality(mid) >= target:
+                b = math.log(mid)
+                best = min(best, mid)
+            else:
+                a = math.log(mid)
+        return best
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode a file's bytes (lvae container or the authors' layout) to 1×3×H×W in [0, 1].
+
+        Raises :class:`lvae.errors.BitstreamError` for a damaged, foreign or other-model file, and
+        for a header claiming more than ``max_pixels`` pixels.
+        """
+        header, strings = bitstream.parse(data)
+        if header.model_name is not None and header.model_name != self.name:
+            raise BitstreamError(
+                f"the file was made by model {header.model_name!r}, not {self.name!r}; "
+                f"decode it with lvae.get_model({header.model_name!r}, pretrained=...)"
+            )
+        n_blocks = len(self.latent_blocks)
+        if len(strings) != n_blocks:
+            raise BitstreamError(f"the file holds {len(strings)} latent strings; this model needs {n_blocks}")
+        lo, hi = self.lmb_range
+        if not lo * (1 - 1e-6) <= header.lmb <= hi * (1 + 1e-6):
+            raise BitstreamError(f"λ={header.lmb:g} in the file is outside this model's range [{lo:g}, {hi:g}]")
+        if header.height * header.width > max_pixels:
+            raise BitstreamError(
+                f"the header claims a {header.height}×{header.width} image, more than max_pixels={max_pixels}"
+            )
+        self._ensure_tables()
+        s = self.max_stride
+        grid = (-(-header.height // s), -(-header.width // s))
+        try:
+            x_hat = self.decompress_latents([[b] for b in strings], header.lmb, grid)
+        except (ValueError, RuntimeError, IndexError, OverflowError) as exc:
+            raise BitstreamError(f"the latent strings cannot be decoded ({exc})") from None
+        im = self.postprocess(x_hat)[:, :, : header.height, : header.width]
+        if not bool(torch.isfinite(im).all()):
+            raise BitstreamError("the file decodes to non-finite values: it is corrupted")
+        return im
+
+    def compress_file(
+        self,
+        image_path: str | os.PathLike,
+        out_path: str | os.PathLike,
+        lmb: float | None = None,
+        *,
+        target_bpp: float | None = None,
+        target_bytes: int | None = None,
+        target_psnr: float | None = None,
+        format: str = "lvae",
+    ) -> CompressResult:
+        """Compress an image file to ``out_path`` (written atomically; the input is never overwritten)."""
+        image_path, out_path = Path(image_path), Path(out_path)
+        if out_path.exists() and image_path.exists() and out_path.resolve() == image_path.resolve():
+            raise ValueError(f"refusing to overwrite the input image {image_path} with its compressed file")
+        im = load_image(image_path)
+        data, result = self.compress_with_result(
+            im, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr, format=format
+        )
+        atomic_write_bytes(out_path, data)
+        return CompressResult(out_path, result.num_bytes, result.bpp, result.psnr, result.lmb,
+                              result.height, result.width, result.encodes)
+
+    def decompress_file(self, path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode a compressed file (either layout) to a 1×3×H×W tensor in [0, 1].
+
+        Save it with :func:`lvae.io.save_image` (PNG, atomic).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        return self.decompress(path.read_bytes(), max_pixels=max_pixels)

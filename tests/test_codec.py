@@ -1,0 +1,234 @@
+"""Real compression: containers, the authors' layout, round trips, targets, files."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lvae
+from lvae import bitstream
+from lvae.codec import SEARCH_STEPS
+from lvae.errors import BitstreamError, ImageReadError
+from lvae.io import load_image, save_image
+from conftest import DATA, LAMBDAS
+
+
+@pytest.fixture(scope="module")
+def trained_tiny():
+    """qarv_tiny trained for 1500 steps (tests/tools/make_tiny_checkpoint.py): rate follows λ."""
+    return lvae.get_model("qarv_tiny", pretrained=str(DATA / "qarv_tiny_trained.pt")).eval().compress_mode(True)
+
+
+# -- conformance with the authors' bitstreams ---------------------------------------------------
+@pytest.mark.parametrize("lmb", LAMBDAS)
+def test_legacy_writer_reproduces_reference_bits(qarv_fixed, reference, lmb):
+    """Our authors'-layout writer gives `bits` exactly (the body after the 4-byte H, W)."""
+    data = qarv_fixed.compress(reference["input"], lmb=lmb, format="legacy")
+    assert data[4:] == reference["npz"][f"lmb{lmb}_bits"].tobytes()
+    assert struct.unpack("<HH", data[:4]) == (128, 192)
+
+
+@pytest.mark.parametrize("lmb", LAMBDAS)
+def test_legacy_files_decode_to_reference(qarv_fixed, reference, lmb):
+    data = (DATA / f"legacy_lmb{lmb}.bits").read_bytes()
+    header = bitstream.read_header(data)
+    assert (header.format, header.height, header.width, header.lmb) == ("legacy", 100, 150, lmb)
+    decoded = qarv_fixed.decompress(data)
+    np.testing.assert_allclose(decoded.numpy(), reference["npz"][f"lmb{lmb}_legacy_decoded"], rtol=0, atol=1e-5)
+    # and we write the same file from the same image
+    assert qarv_fixed.compress(reference["odd"], lmb=lmb, format="legacy") == data
+
+
+def test_qarv_base_round_trip_odd_size_is_exact(qarv_fixed, reference):
+    im = reference["odd"]
+    data = qarv_fixed.compress(im, lmb=128)
+    out = qarv_fixed.decompress(data)
+    assert out.shape == im.shape
+    assert torch.equal(out, qarv_fixed._reconstruct_padded(im, 128))
+
+
+# -- round trips --------------------------------------------------------------------------------
+@pytest.mark.parametrize("hw", [(1, 1), (37, 101), (100, 150), (64, 64), (65, 3)])
+def test_tiny_round_trip_equals_eval_reconstruction(trained_tiny, hw):
+    torch.manual_seed(hw[0])
+    im = torch.rand(1, 3, *hw)
+    data = trained_tiny.compress(im, lmb=300)
+    out = trained_tiny.decompress(data)
+    assert out.shape == im.shape
+    assert torch.equal(out, trained_tiny._reconstruct_padded(im, 300))
+    h = bitstream.read_header(data)
+    assert (h.format, h.model_name, h.height, h.width, h.lmb) == ("lvae", "qarv_tiny", *hw, 300.0)
+
+
+def test_container_layout_is_as_documented(trained_tiny):
+    im = torch.rand(1, 3, 70, 90)
+    data = trained_tiny.compress(im, lmb=100.5)
+    assert data[:4] == b"LVAE" and data[4] == 1 and data[5] == len("qarv_tiny")
+    assert data[6:15] == b"qarv_tiny"
+    lmb, h, w, n = struct.unpack_from("<fIIB", data, 15)
+    assert (lmb, h, w, n) == (100.5, 70, 90, 4)
+    lengths = struct.unpack_from("<4I", data, 28)
+    assert 28 + 16 + sum(lengths) + 4 == len(data)
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+
+
+def test_default_lambda_is_mid_range(trained_tiny):
+    data = trained_tiny.compress(torch.rand(1, 3, 64, 64))
+    assert bitstream.read_header(data).lmb == pytest.approx(trained_tiny.default_lmb, rel=1e-6)
+
+
+def test_rate_grows_with_lambda(trained_tiny):
+    im = load_image(DATA / "conformance_input.png")
+    sizes = [len(trained_tiny.compress(im, lmb=l)) for l in (16, 128, 2048)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+# -- rate targets -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo():
+    return load_image(DATA / "conformance_input.png")
+
+
+@pytest.mark.parametrize("budget", [300, 600, 1000, 2500])
+def test_target_bytes_never_exceeds_budget(trained_tiny, photo, budget):
+    lo_size = len(trained_tiny.compress(photo, lmb=16))
+    hi_size = len(trained_tiny.compress(photo, lmb=2048))
+    if budget < lo_size:
+        with pytest.raises(ValueError, match="impossible target"):
+            trained_tiny.compress(photo, target_bytes=budget)
+        return
+    data, res = trained_tiny.compress_with_result(photo, target_bytes=budget)
+    assert len(data) <= budget
+    assert res.encodes <= SEARCH_STEPS + 2
+    if budget < hi_size:  # the search lands close under the budget
+        assert len(data) >= 0.9 * budget
+    assert torch.equal(trained_tiny.decompress(data), trained_tiny._reconstruct_padded(photo, res.lmb))
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.7])
+def test_target_bpp_within_tolerance(trained_tiny, photo, frac):
+    pixels = photo.shape[2] * photo.shape[3]
+    lo = 8 * len(trained_tiny.compress(photo, lmb=16)) / pixels
+    hi = 8 * len(trained_tiny.compress(photo, lmb=2048)) / pixels
+    assert hi > 1.5 * lo  # the model's rate spans a real range
+    bpp = lo + frac * (hi - lo)
+    data, res = trained_tiny.compress_with_result(photo, target_bpp=bpp)
+    assert res.bpp == pytest.approx(8 * len(data) / pixels)
+    assert bpp * 0.95 <= res.bpp <= bpp  # documented: within 5 % below the target, never above
+
+
+def test_target_psnr_smallest_file_reaching_it(trained_tiny, photo):
+    q_lo = trained_tiny.compress_with_result(photo, lmb=16)[1].psnr
+    q_hi = trained_tiny.compress_with_result(photo, lmb=2048)[1].psnr
+    target = (q_lo + q_hi) / 2
+    data, res = trained_tiny.compress_with_result(photo, target_psnr=target)
+    assert res.psnr >= target
+    lower = trained_tiny.compress_with_result(photo, lmb=res.lmb * 0.97)[1]
+    assert lower.psnr < target + 0.05  # a clearly smaller λ would not keep the target
+    with pytest.raises(ValueError, match="impossible target"):
+        trained_tiny.compress(photo, target_psnr=q_hi + 5)
+
+
+def test_conflicting_or_bad_targets(trained_tiny, photo):
+    with pytest.raises(ValueError, match="at most one"):
+        trained_tiny.compress(photo, lmb=100, target_bpp=1.0)
+    for kw in ({"target_bpp": -1.0}, {"target_bytes": 0}, {"target_bytes": 1.5}, {"target_psnr": float("nan")}):
+        with pytest.raises(ValueError):
+            trained_tiny.compress(photo, **kw)
+    with pytest.raises(ValueError, match="outside this model's range"):
+        trained_tiny.compress(photo, lmb=4096)
+    with pytest.raises(ValueError, match="unknown format"):
+        trained_tiny.compress(photo, format="jpeg")
+
+
+@pytest.mark.parametrize("bad", [torch.rand(3, 8, 8), torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8) * 2,
+                                 torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.rand(1, 3, 0, 8)])
+def test_bad_input_images(trained_tiny, bad):
+    with pytest.raises(ValueError):
+        trained_tiny.compress(bad)
+
+
+# -- errors on bad files ------------------------------------------------------------------------
+def test_file_of_another_model_is_refused(trained_tiny, qarv_fixed):
+    data = trained_tiny.compress(torch.rand(1, 3, 8, 8), lmb=50)
+    with pytest.raises(BitstreamError, match="made by model 'qarv_tiny'"):
+        qarv_fixed.decompress(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"LVAE", b"\x89PNG\r\n\x1a\n" + bytes(40), bytes(100), b"LVAE" + bytes(30)])
+def test_foreign_files_are_bitstream_errors(trained_tiny, data):
+    with pytest.raises(BitstreamError):
+        trained_tiny.decompress(data)
+
+
+def test_huge_claimed_size_is_refused(trained_tiny):
+    h, strings = bitstream.unpack(trained_tiny.compress(torch.rand(1, 3, 8, 8), lmb=50))
+    forged = bitstream.pack("qarv_tiny", 50.0, 100_000, 100_000, strings)
+    with pytest.raises(BitstreamError, match="max_pixels"):
+        trained_tiny.decompress(forged)
+
+
+# -- files ----------------------------------------------------------------------------------------
+def test_compress_file_and_decompress_file(trained_tiny, tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)).save(src)
+    out = tmp_path / "a.lvae"
+    res = trained_tiny.compress_file(src, out, lmb=200)
+    assert res.path == out and res.num_bytes == out.stat().st_size
+    assert res.bpp == pytest.approx(8 * res.num_bytes / (37 * 53))
+    img = trained_tiny.decompress_file(out)
+    assert img.shape == (1, 3, 37, 53)
+    assert res.psnr == pytest.approx(-10 * np.log10(((img - load_image(src)) ** 2).mean().item()))
+    save_image(img, tmp_path / "a.dec.png")
+    assert Image.open(tmp_path / "a.dec.png").size == (53, 37)
+    legacy = tmp_path / "a.bits"
+    trained_tiny.compress_file(src, legacy, lmb=200, format="legacy")
+    assert torch.equal(trained_tiny.decompress_file(legacy), img)
+
+
+def test_failed_compress_leaves_existing_output_untouched(trained_tiny, tmp_path):
+    src = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(src)
+    out = tmp_path / "a.lvae"
+    out.write_bytes(b"precious")
+    with pytest.raises(ValueError, match="impossible target"):
+        trained_tiny.compress_file(src, out, target_bytes=3)
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lvae", "a.png"]  # no temp files left
+    with pytest.raises(ValueError, match="refusing to overwrite the input"):
+        trained_tiny.compress_file(src, src)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK", "1"])
+def test_image_modes_are_converted_to_rgb(tmp_path, mode):
+    rgb = Image.fromarray((np.random.default_rng(1).random((9, 7, 3)) * 255).astype(np.uint8))
+    img = rgb.convert("L").convert(mode) if mode in ("I;16", "LA", "1") else rgb.convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("CMYK",) else "x.png")
+    img.save(path)
+    t = load_image(path)
+    assert t.shape == (1, 3, 9, 7) and t.dtype == torch.float32
+    assert 0 <= t.min() and t.max() <= 1
+
+
+def test_sixteen_bit_is_reduced_to_eight(tmp_path):
+    arr = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "g16.png")
+    t = load_image(tmp_path / "g16.png")
+    assert (t[0, 0, 0] * 255).round().tolist() == [0, 100, 255]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "TIFF"])
+def test_other_formats_load(tmp_path, fmt):
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.new("RGB", (5, 4), (1, 2, 3)).save(path, format=fmt)
+    assert load_image(path).shape == (1, 3, 4, 5)
+
+
+def test_non_image_and_missing_files(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"this is not a png")
+    with pytest.raises(ImageReadError, match="cannot read"):
+        load_image(tmp_path / "x.png")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "none.png")
