@@ -1,0 +1,251 @@
+"""Encode/decode speed, peak memory and file-size overhead of qarv_base on one Kodak-sized image.
+
+    python benchmarks/coding.py [IMAGE] [--repeats 5] [--lmb 181] [--ratio-lmbs 16,181,2048]
+
+The model has the fixed reference weights of :mod:`lvae.testing` (no download needed), so its
+rates are not those of the published model; the timings are. Without IMAGE a smooth random
+512×768 image is synthesised (seeded). Times are medians of ``--repeats`` runs after one warm-up,
+on the CPU and, when present, on CUDA. ``encode`` is ``model.compress``, ``decode`` is
+``model.decompress``, ``forward`` is the eval-mode forward pass that estimates the rate.
+``file/est`` compares the real file's bits (header included) with the model's estimate
+``bpp × H × W``. NOTE: on the CPU, lvae entropy-codes on ``lvae.models.qarv.CODING_THREADS``
+threads (bit-exact priors whatever the machine), while ``forward`` uses torch's thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import lvae
+from lvae.bitstream import read_header
+from lvae.testing import load_fixed_reference_weights
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+# -- memory ------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int | None:
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", STATUS.read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _maxrss_kib() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
+
+
+def _reset_high_water_mark() -> bool:
+    """Linux ≥ 4.0: writing 5 to clear_refs resets the process's peak RSS to its current RSS."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed heap pages; hand them back so that RSS before a call is its live memory."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class CpuPeak:
+    """Peak resident memory that one call adds on top of what the process held before it."""
+
+    def __init__(self):
+        self.exact = _reset_high_water_mark() and _status_kib("VmRSS") is not None
+        self.method = (
+            "resource ru_maxrss during the call (peak reset via /proc/self/clear_refs, freed heap "
+            "trimmed first) minus RSS before it"
+            if self.exact
+            else "growth of resource ru_maxrss (monotone: 0 when an earlier step peaked higher)"
+        )
+
+    def measure(self, fn: Callable[[], object]) -> float:
+        if self.exact:
+            _malloc_trim()
+            before = _status_kib("VmRSS")
+            _reset_high_water_mark()
+        else:
+            before = _maxrss_kib()
+        fn()
+        return max(_maxrss_kib() - before, 0) / 1024  # MiB
+
+
+def cuda_peak(fn: Callable[[], object], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+# -- timing --------------------------------------------------------------------------------------------
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# -- inputs ----------------------------------------------------------------------------------------------
+def smooth_image(height: int = 512, width: int = 768, seed: int = 0) -> torch.Tensor:
+    """Random low-frequency colour fields plus a little fine noise, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    im = torch.zeros(1, 3, height, width)
+    for cells, weight in ((4, 0.5), (16, 0.3), (64, 0.15)):
+        coarse = torch.rand(1, 3, cells, cells * width // height, generator=g)
+        im += weight * F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    im += 0.02 * torch.randn(1, 3, height, width, generator=g)
+    return im.clamp(0, 1)
+
+
+def load_input(path: str | None) -> tuple[torch.Tensor, str]:
+    if path is None:
+        return smooth_image(), "synthetic smooth random image (seed 0)"
+    from lvae.io import load_image
+
+    im = load_image(path)
+    h, w = im.shape[2:]
+    h64, w64 = h - h % 64, w - w % 64
+    if h64 == 0 or w64 == 0:
+        raise SystemExit(f"{path}: the image must be at least 64×64")
+    top, left = (h - h64) // 2, (w - w64) // 2
+    note = "" if (h64, w64) == (h, w) else f", centre-cropped from {w}x{h} to multiples of 64"
+    return im[:, :, top : top + h64, left : left + w64].contiguous(), f"{path}{note}"
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    try:
+        load = " load average %.1f %.1f %.1f," % os.getloadavg()
+    except OSError:
+        load = ""
+    from lvae.models import qarv
+
+    coding = getattr(qarv, "CODING_THREADS", None) or torch.get_num_threads()
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs,{load} torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads (CPU encode/decode: {coding}), Python {platform.python_version()}"
+    )
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------
+def bench_device(model, im, device, lmb, repeats, cpu_peak: CpuPeak) -> list[tuple]:
+    model.to(device)
+    x = im.to(device)
+    data = model.compress(x, lmb)  # warm-up
+    model.decompress(data)
+    with torch.no_grad():
+        model(x, lmb)
+
+    @torch.no_grad()
+    def forward():
+        return model(x, lmb)
+
+    ops = {"encode": lambda: model.compress(x, lmb), "decode": lambda: model.decompress(data), "forward": forward}
+    rows = []
+    for name, fn in ops.items():
+        if device.type == "cuda":
+            peak = cuda_peak(fn, device)
+        else:
+            peak = cpu_peak.measure(fn)
+        times = timed(fn, device, repeats)
+        rows.append((device.type, name, statistics.median(times), min(times), max(times), peak))
+    return rows
+
+
+def bits_ratios(model, im, lmbs: list[float]) -> list[tuple]:
+    h, w = im.shape[2:]
+    x = im.to(next(model.parameters()).device)
+    rows = []
+    for lmb in lmbs:
+        with torch.no_grad():
+            out = model(x, lmb)
+        est_bits = float(out["bpp"]) * h * w
+        data = model.compress(x, lmb)
+        decoded = model.decompress(data)
+        psnr = -10 * torch.log10((decoded - x).pow(2).mean()).item()
+        header = len(data) - read_header(data).num_bytes_strings
+        rows.append((lmb, est_bits / (h * w), 8 * len(data) / (h * w), 8 * len(data) / est_bits, header, psnr))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", nargs="?", help="image to code (default: a synthetic 512x768 image)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per operation (default: 5)")
+    parser.add_argument("--lmb", type=float, default=None, help="λ of the timed runs (default: the model's)")
+    parser.add_argument("--ratio-lmbs", default="16,default,2048", help="λ values of the file/estimate table")
+    parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    im, source = load_input(args.image)
+    model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    model.compress_mode(True)
+    lmb = model.default_lmb if args.lmb is None else args.lmb
+    ratio_lmbs = [model.default_lmb if v == "default" else float(v) for v in args.ratio_lmbs.split(",")]
+
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.no_cuda:
+        devices.append(torch.device("cuda"))
+    cpu_peak = CpuPeak()
+    h, w = im.shape[2:]
+    print(f"qarv_base, fixed reference weights; {w}x{h} {source}; lambda {lmb:.5g}; "
+          f"median of {args.repeats} after 1 warm-up")
+    print(f"machine: {machine_description()}")
+    if torch.cuda.is_available() and not args.no_cuda:
+        print(f"cuda: {torch.cuda.get_device_name(0)}")
+    print(f"CPU peak memory: {cpu_peak.method}; CUDA peak: torch.cuda.max_memory_allocated minus allocated before")
+    print()
+
+    rows = []
+    for device in devices:
+        rows += bench_device(model, im, device, lmb, args.repeats, cpu_peak)
+    print(f"{'device':<7} {'op':<8} {'median s':>9} {'min s':>8} {'max s':>8} {'peak MiB':>9} {'Mpx/s':>7}")
+    for dev, op, med, lo, hi, peak in rows:
+        print(f"{dev:<7} {op:<8} {med:>9.3f} {lo:>8.3f} {hi:>8.3f} {peak:>9.0f} {h * w / 1e6 / med:>7.3f}")
+    print()
+
+    model.to(devices[-1])
+    print(f"file size vs the model's estimate (on {devices[-1].type}):")
+    print(f"{'lambda':>8} {'est bpp':>9} {'file bpp':>9} {'file/est':>9} {'header B':>9} {'PSNR dB':>8}")
+    for lm, est, real, ratio, header, psnr in bits_ratios(model, im, ratio_lmbs):
+        print(f"{lm:>8.5g} {est:>9.4f} {real:>9.4f} {ratio:>9.4f} {header:>9d} {psnr:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

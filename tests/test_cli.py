@@ -1,0 +1,319 @@
+"""The ``lvae`` command, run end to end in subprocesses (``python -m lvae``) with qarv_tiny."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lvae
+from lvae import cli
+from lvae.bitstream import read_header
+from lvae.io import load_image, tensor_to_image
+from lvae.testing import load_fixed_reference_weights
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+TINY = ["--model", "qarv_tiny"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with a qarv_tiny checkpoint, two smooth images and an empty torch hub cache."""
+    root = tmp_path_factory.mktemp("cli")
+    model = load_fixed_reference_weights(lvae.get_model("qarv_tiny"))
+    torch.save({"model": model.state_dict()}, root / "tiny.pt")
+    rng = np.random.default_rng(3)
+    coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8))
+    img = np.asarray(coarse.resize((96, 70), Image.BICUBIC))
+    Image.fromarray(img).save(root / "a.png")
+    Image.fromarray(img[:50, 20:65]).save(root / "b.png")
+    (root / "torch_home").mkdir()
+    return root
+
+
+def run(work: Path, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["TORCH_HOME"] = str(work / "torch_home")
+    # Any download attempt fails at once (a closed local port) instead of reaching the network.
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        env[var] = "http://127.0.0.1:9"
+    env["no_proxy"] = env["NO_PROXY"] = ""
+    # CompressAI warns at import time (torch.jit.script); that is not the CLI's output.
+    env["PYTHONWARNINGS"] = "ignore:`torch.jit.script` is deprecated:FutureWarning"
+    cmd = [sys.executable, "-m", "lvae", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd or work, env=env, capture_output=True, text=True, timeout=300)
+
+
+def with_weights(work: Path) -> list[str]:
+    return [*TINY, "--weights", str(work / "tiny.pt")]
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.startswith("lvae: error:")]
+
+
+def tiny_model(work: Path):
+    model = lvae.get_model("qarv_tiny", pretrained=str(work / "tiny.pt")).eval()
+    return model.compress_mode(True)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10 * torch.log10((a - b).pow(2).mean()))
+
+
+# -- the happy paths --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def coded(work):
+    """``lvae compress a.png b.png --out-dir codes --force`` over a stale codes/b.lvae."""
+    codes = work / "codes"
+    codes.mkdir()
+    (codes / "b.lvae").write_bytes(b"stale")
+    proc = run(work, "compress", work / "a.png", work / "b.png", "--out-dir", codes, "--force", *with_weights(work))
+    return proc, codes
+
+
+def test_compress_decompress_info_round_trip(work, coded, tmp_path):
+    proc, codes = coded
+    assert proc.returncode == 0, proc.stderr
+    assert error_lines(proc) == []
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    printed = {}
+    for line, stem, size in zip(lines, "ab", ("96x70", "45x50")):
+        m = re.fullmatch(
+            rf".*{stem}\.png -> (\S+): (\d+) bytes, ([\d.]+) bpp, PSNR ([\d.]+) dB, lmb 181, {size}", line
+        )
+        assert m, line
+        out = Path(m.group(1))
+        assert out == codes / f"{stem}.lvae" and out.is_file()
+        assert int(m.group(2)) == out.stat().st_size
+        w, h = map(int, size.split("x"))
+        assert float(m.group(3)) == pytest.approx(8 * out.stat().st_size / (w * h), abs=1e-4)
+        printed[stem] = float(m.group(4))
+    assert read_header((codes / "b.lvae").read_bytes()).model_name == "qarv_tiny"  # --force replaced it
+
+    dec = tmp_path / "dec"
+    proc = run(work, "decompress", codes / "a.lvae", codes / "b.lvae", "--out-dir", dec, "--weights", work / "tiny.pt")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(rf".*a\.lvae -> {re.escape(str(dec / 'a.png'))}: \d+ bytes, [\d.]+ bpp, 96x70", lines[0])
+    assert re.fullmatch(rf".*b\.lvae -> {re.escape(str(dec / 'b.png'))}: \d+ bytes, [\d.]+ bpp, 45x50", lines[1])
+
+    model = tiny_model(work)
+    for stem in "ab":
+        expected = np.asarray(tensor_to_image(model.decompress((codes / f"{stem}.lvae").read_bytes())))
+        assert np.array_equal(np.asarray(Image.open(dec / f"{stem}.png")), expected)
+        decoded = load_image(dec / f"{stem}.png")
+        assert printed[stem] == pytest.approx(psnr(decoded, load_image(work / f"{stem}.png")), abs=0.05)
+
+    proc = run(work, "info", codes / "a.lvae", DATA / "legacy_lmb16.bits")
+    assert proc.returncode == 0, proc.stderr
+    header = read_header((codes / "a.lvae").read_bytes())
+    size = (codes / "a.lvae").stat().st_size
+    assert "model:    qarv_tiny" in proc.stdout
+    assert "lambda:   181.019" in proc.stdout
+    assert "size:     96x70" in proc.stdout
+    assert f"bytes:    {size} (" in proc.stdout
+    lengths = header.string_lengths
+    assert f"{len(lengths)} blocks, {sum(lengths)} bytes: {' '.join(map(str, lengths))}" in proc.stdout
+    legacy = read_header((DATA / "legacy_lmb16.bits").read_bytes())
+    assert "format:   legacy (version 0)" in proc.stdout
+    assert "model:    qarv_base (authors' layout" in proc.stdout
+    assert " ".join(map(str, legacy.string_lengths)) in proc.stdout
+
+
+def models_table(text: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in text.splitlines()[1:]}
+
+
+def test_models_lists_offline_weights(work, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert cli.main(["models"]) == 0
+    rows = models_table(capsys.readouterr().out)
+    assert set(rows) == set(lvae.list_models())
+    assert rows["qarv_base"].split()[1] == "no" and rows["qarv_tiny"].split()[1] == "no"
+    assert str(tmp_path / "hub" / "checkpoints" / "qarv_base-2022-dec-12.pt") in rows["qarv_base"]
+
+    cached = work / "torch_home" / "hub" / "checkpoints" / "qarv_base-2022-dec-12.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"placeholder")
+    try:
+        proc = run(work, "models")
+    finally:
+        cached.unlink()
+    assert proc.returncode == 0, proc.stderr
+    rows = models_table(proc.stdout)
+    assert rows["qarv_base"].split()[1] == "yes" and str(cached) in rows["qarv_base"]
+    assert rows["qarv_tiny"].split()[1] == "no"
+
+
+# -- errors: one line per failed file, the others go on -------------------------------------------
+def test_compress_bad_inputs_are_reported_and_skipped(work, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.lvae").write_bytes(b"old")
+    inputs = [tmp_path / "missing.png", tmp_path / "text.png", work / "a.png", tmp_path / "empty.jpg",
+              tmp_path / "folder.png", work / "b.png"]
+    proc = run(work, "compress", *inputs, "--out-dir", out, *with_weights(work))
+    assert proc.returncode == 1
+    errors = error_lines(proc)
+    assert len(errors) == 5, proc.stderr
+    assert errors[0] == f"lvae: error: {inputs[0]}: no such file"
+    assert errors[1].startswith(f"lvae: error: {inputs[1]}: cannot read") and "as an image" in errors[1]
+    assert errors[2].startswith(f"lvae: error: {inputs[3]}: cannot read")
+    assert errors[3] == f"lvae: error: {inputs[4]}: not a regular file"
+    assert errors[4] == f"lvae: error: {inputs[5]}: the output {out / 'b.lvae'} exists; pass --force to overwrite it"
+    assert len(proc.stdout.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.lvae", "b.lvae"]
+    assert (out / "b.lvae").read_bytes() == b"old"
+
+
+def test_bad_lambda_and_impossible_targets_leave_existing_output_alone(work, tmp_path):
+    out = tmp_path / "kept.lvae"
+    out.write_bytes(b"precious")
+    cases = [
+        (["--lmb", "5000"], "outside this model's range [16, 2048]"),
+        (["--bytes", "3"], "impossible target"),
+    ]
+    for option, message in cases:
+        proc = run(work, "compress", work / "a.png", "-o", out, "--force", *option, *with_weights(work))
+        assert proc.returncode == 1, proc.stdout
+        errors = error_lines(proc)
+        assert len(errors) == 1 and errors[0].startswith(f"lvae: error: {work / 'a.png'}: ")
+        assert message in errors[0]
+        assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.lvae"]  # no temporary files left
+
+
+def test_the_input_is_never_overwritten(work, tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes((work / "a.png").read_bytes())
+    proc = run(work, "compress", image, "-o", image, "--force", *with_weights(work))
+    assert proc.returncode == 1
+    [line] = error_lines(proc)
+    assert line.startswith(f"lvae: error: {image}: the output {image} would overwrite the input")
+    assert image.read_bytes() == (work / "a.png").read_bytes()
+
+
+def test_decompress_bad_files_are_reported_and_skipped(work, coded, tmp_path):
+    data = (coded[1] / "a.lvae").read_bytes()
+    files = {
+        "truncated.lvae": data[: len(data) // 2],
+        "empty.lvae": b"",
+        "good.lvae": data,
+        "foreign.lvae": (work / "b.png").read_bytes(),
+        "corrupted.lvae": data[:40] + bytes([data[40] ^ 0x40]) + data[41:],
+        "legacy.bits": (DATA / "legacy_lmb16.bits").read_bytes(),
+        "photo.png": (work / "b.png").read_bytes(),  # its default output is itself
+        "taken.lvae": data,
+        "taken.png": b"keep me",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    args = [tmp_path / n for n in files if n != "taken.png"]
+    args.insert(3, tmp_path / "absent.lvae")
+    proc = run(work, "decompress", *args, *with_weights(work))
+    assert proc.returncode == 1
+    errors = error_lines(proc)
+    assert [e.split(": ")[2] for e in errors] == [str(a) for a in args if a.name != "good.lvae"]
+    expected = [
+        "checksum mismatch: the file is corrupted or truncated",
+        "empty file",
+        "no such file",
+        "neither an lvae file nor an authors' QARV file",
+        "checksum mismatch: the file is corrupted or truncated",
+        "made by model 'qarv_base', not by 'qarv_tiny'",
+        "would overwrite the input",
+        "exists; pass --force to overwrite it",
+    ]
+    for error, message in zip(errors, expected, strict=True):
+        assert message in error
+    assert proc.stdout.count("\n") == 1 and "good.lvae ->" in proc.stdout
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name not in files)
+    assert made == ["good.png"]
+    assert (tmp_path / "taken.png").read_bytes() == b"keep me"
+    assert (tmp_path / "photo.png").read_bytes() == (work / "b.png").read_bytes()
+
+
+def test_missing_qarv_base_weights_give_one_clear_line(work, tmp_path):
+    proc = run(work, "compress", work / "a.png", work / "b.png", "--out-dir", tmp_path)
+    assert proc.returncode == 1
+    errors = error_lines(proc)
+    assert len(errors) == 2, proc.stderr
+    for error, image in zip(errors, ("a.png", "b.png")):
+        assert error.startswith(f"lvae: error: {work / image}: could not download the weights of 'qarv_base'")
+        assert str(work / "torch_home" / "hub" / "checkpoints" / "qarv_base-2022-dec-12.pt") in error
+        assert "--weights FILE" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- usage errors and the delegated subcommands -------------------------------------------------------
+def test_usage_errors_exit_2(work):
+    proc = run(work, "compress", work / "a.png", work / "b.png", "-o", "x.lvae", *with_weights(work))
+    assert proc.returncode == 2
+    assert "-o/--output takes a single input" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "required"),
+        (["compress"], "required"),
+        (["compress", "a.png", "--lmb", "-1"], "positive finite number"),
+        (["compress", "a.png", "--lmb", "nan"], "positive finite number"),
+        (["compress", "a.png", "--bytes", "1.5"], "not an integer"),
+        (["compress", "a.png", "--lmb", "10", "--bpp", "1"], "not allowed with"),
+        (["compress", "a.png", "-o", "x", "--out-dir", "d"], "not allowed with"),
+        (["compress", "a.png", "--model", "nosuch"], "invalid choice"),
+        (["compress", "a.png", "--device", "nonsense"], "not a torch device"),
+        (["compress", "a.png", *TINY, "--format", "legacy"], "--format legacy"),
+        (["decompress", "a.lvae", "b.lvae", "-o", "x.png"], "single input"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for machines without CUDA")
+def test_cuda_device_without_cuda(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compress", "a.png", "--device", "cuda"])
+    assert exc.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module", [("eval", "lvae.evaluation"), ("plot", "lvae.plot")])
+def test_eval_and_plot_are_delegated(command, module, monkeypatch):
+    seen = []
+    fake = types.ModuleType(module)
+    fake.main = lambda argv: seen.append(list(argv)) or 7
+    monkeypatch.setitem(sys.modules, module, fake)
+    monkeypatch.setattr(sys, "argv", ["lvae"])
+    assert cli.main([command, "--anything", "x"]) == 7
+    assert seen == [["--anything", "x"]]
+
+
+@pytest.mark.parametrize("command, module", [("eval", "lvae.evaluation"), ("plot", "lvae.plot")])
+def test_eval_and_plot_unavailable(command, module, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # makes the import raise ImportError
+    assert cli.main([command, "--help"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"lvae: error: 'lvae {command}' is not available: cannot load {module}.main")
