@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..registry import Weights, register_model
 from .qarv import QARV, QARVConfig, LatentVariableBlock
 
-__all__ = ["QARV", "QARVConfig", "LatentVariableBlock", "qarv_base", "qarv_tiny"]
+__all__ = ["QARV", "QARVConfig", "LatentVariableBlock", "qarv_base", "qarv_small", "qarv_tiny"]
 
 QARV_PAPER = "Duan et al., QARV: Quantization-Aware ResNet VAE for Lossy Image Compression, TPAMI 2023"
 
@@ -34,6 +34,22 @@ def qarv_tiny(**overrides) -> QARV:
         dec_latent_dims=(4, 4, 8, 4),
         dec_final_depth=1,
         embed_dim=64,
+    )
+    cfg.update(overrides)
+    return QARV(QARVConfig(**cfg))
+
+
+@register_model
+def qarv_small(**overrides) -> QARV:
+    """A small QARV (4.39 M parameters) sized for CPU training and coding; λ ∈ [16, 2048]."""
+    cfg = dict(
+        enc_widths=(64, 96, 128, 128, 128),
+        enc_depths=(2, 2, 2, 1, 1),
+        dec_widths=(96, 96, 96, 64, 48),
+        dec_num_latents=(1, 2, 2, 2),
+        dec_latent_dims=(16, 16, 32, 8),
+        dec_final_depth=2,
+        embed_dim=128,
     )
     cfg.update(overrides)
     return QARV(QARVConfig(**cfg))

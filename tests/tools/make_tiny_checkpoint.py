@@ -22,12 +22,13 @@ def main() -> None:
     p.add_argument("folder")
     p.add_argument("--iters", type=int, default=6000)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--init", default=None, help="start from this checkpoint")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "qarv_tiny_trained.pt"))
     args = p.parse_args()
     torch.manual_seed(0)
     random.seed(0)
     images = [load_image(f) for f in list_images(args.folder)[:200]]
-    model = lvae.get_model("qarv_tiny").train()
+    model = lvae.get_model("qarv_tiny", pretrained=args.init or False).train()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     for it in range(args.iters):
         batch = []
@@ -36,9 +37,19 @@ def main() -> None:
             y = random.randrange(im.shape[2] - 64)
             x = random.randrange(im.shape[3] - 64)
             batch.append(im[:, :, y : y + 64, x : x + 64])
-        out = model(torch.cat(batch))
+        # NOTE: λ from the two ends of the range half of the time: a short run otherwise learns
+        # almost nothing of the conditioning, and the tests need a rate that follows λ.
+        lmb = model.sample_lmb(8)
+        ends = torch.tensor([16.0, 2048.0])[torch.randint(0, 2, (8,))]
+        lmb = torch.where(torch.rand(8) < 0.5, ends, lmb)
+        out = model(torch.cat(batch), lmb=lmb)
+        # NOTE: each image's rate + λ·D is divided by its λ (same minimiser per λ): otherwise the
+        # large-λ images dominate the gradient and a short run learns a rate that ignores λ.
+        rate = out["kl"].sum(dim=1) / (3 * 64 * 64)
+        dist = (out["x_hat"] - (torch.cat(batch) - 0.5) * 2).pow(2).flatten(1).mean(dim=1)
+        loss = (rate / lmb + dist).mean()
         opt.zero_grad()
-        out["loss"].backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         if it % 100 == 0:
