@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from . import bitstream
 from .errors import BitstreamError
 from .io import atomic_write_bytes, load_image
+from .metrics import psnr
 
-__all__ = ["CompressResult", "CompressionMixin", "pad_image", "psnr", "SEARCH_STEPS", "DEFAULT_MAX_PIXELS"]
+__all__ = ["CompressResult", "CompressionMixin", "pad_image", "SEARCH_STEPS", "DEFAULT_MAX_PIXELS"]
 
 SEARCH_STEPS = 12
 DEFAULT_MAX_PIXELS = 2**28  # ≈ 268 megapixels: refuse to decode headers that claim more
@@ -52,12 +53,6 @@ def pad_image(im: torch.Tensor, stride: int) -> torch.Tensor:
     if ph == 0 and pw == 0:
         return im
     return F.pad(im, (0, pw, 0, ph), mode="replicate")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [0, 1]."""
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
 def _check_input(im: torch.Tensor) -> torch.Tensor:
