@@ -23,7 +23,7 @@ from lvae.training.data import ImageFolderCrops, ResumableDistributedSampler
 from lvae.training.distributed import DistContext
 from lvae.training.ema import ModelEma
 from lvae.training.schedule import SpikeGuard, lr_factor
-from lvae.training.trainer import param_groups
+from lvae.training.trainer import param_groups, training_loss
 from lvae.training.validation import anchor_curve, bd_rate_vs_anchor, evaluate, validation_lambdas
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -293,3 +293,22 @@ def test_missing_wandb_gives_an_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
     with pytest.raises(TrainingError, match=r"pip install 'lvae\[wandb\]'"):
         init_wandb("p", "g", "n", "offline", {}, tmp_path)
+
+
+def test_lambda_normalised_loss_weights_each_image_by_lmb_mid_over_lmb(tiny):
+    torch.manual_seed(0)
+    tiny.train()
+    im = torch.rand(3, 3, 64, 64)
+    lmb = torch.tensor([16.0, 181.0, 2048.0])
+    out = tiny(im, lmb=lmb)
+    assert training_loss(out, im, "none", 181.0) is out["loss"]
+    rate = out["kl"].sum(dim=1) / (3 * 64 * 64)
+    dist = (out["x_hat"] - (im * 2 - 1)).pow(2).flatten(1).mean(dim=1)
+    per_image = rate + lmb * dist
+    assert out["loss"].item() == pytest.approx(per_image.mean().item(), rel=1e-5)
+    expected = (per_image * 181.0 / lmb).mean()
+    got = training_loss(out, im, "lmb", 181.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.requires_grad
+    with pytest.raises(ConfigError, match="loss_norm"):
+        parse_args(["--loss_norm", "sqrt"])

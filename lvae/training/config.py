@@ -12,6 +12,7 @@ __all__ = ["ConfigError", "TrainingError", "TrainConfig", "build_parser", "parse
 
 LR_SCHEDULES = ("const-0.5-cos", "cosine", "constant")
 WB_MODES = ("online", "offline", "disabled")
+LOSS_NORMS = ("none", "lmb")
 MAX_STRIDE = 64  # QARV's total down-sampling; crops must be multiples of it
 
 # Flags that may change when a run is resumed; any other flag must keep its value.
@@ -56,6 +57,8 @@ class TrainConfig:
     lr_warmup: int = 0  # iterations of linear warm-up
     wdecay: float = 0.0  # the authors used no weight decay
     grad_clip: float = 2.0  # 0 disables clipping (the norm is still measured for the spike guard)
+    # "lmb": weight each image's R + λ·D by λ_mid/λ (same optimum per λ); "none": the authors' loss
+    loss_norm: str = "none"
     iterations: int = 2_000_000
     ema: bool = True
     ema_decay: float = 0.9999
@@ -94,6 +97,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss_norm not in LOSS_NORMS:
+            raise ConfigError(f"--loss_norm must be one of {', '.join(LOSS_NORMS)}, got {self.loss_norm!r}")
         if self.wbmode not in WB_MODES:
             raise ConfigError(f"--wbmode must be one of {', '.join(WB_MODES)}, got {self.wbmode!r}")
         if self.resume and self.weights:
@@ -160,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lrf_min", type=float, default=d.lrf_min, help="final lr as a fraction of --lr")
     g.add_argument("--lr_warmup", type=int, default=d.lr_warmup, help="linear warm-up iterations")
     g.add_argument("--wdecay", type=float, default=d.wdecay, help="weight decay (not on biases/gains)")
+    g.add_argument("--loss_norm", type=str, default=d.loss_norm, choices=LOSS_NORMS,
+                   help="'lmb': divide each image's loss by its λ (times the range's geometric middle), "
+                   "so that low-λ images are not drowned by high-λ ones in short runs")
     g.add_argument("--grad_clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: none)")
     g.add_argument("--iterations", type=int, default=d.iterations, help="optimizer steps in all")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d.ema, help="keep an EMA of weights")

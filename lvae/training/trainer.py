@@ -83,6 +83,22 @@ def _grad_scaler(device_type: str, enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
+
+def training_loss(out: dict, im: torch.Tensor, loss_norm: str, lmb_mid: float) -> torch.Tensor:
+    """The loss to minimise: the model's ``mean(R + λ·D)``, or with ``loss_norm='lmb'`` each image's
+    ``R + λ·D`` weighted by ``lmb_mid / λ``.
+
+    NOTE: the weighting leaves each image's optimum unchanged, but without it the images with a
+    large λ dominate the gradient, and a short run learns a rate that hardly depends on λ.
+    """
+    if loss_norm == "none":
+        return out["loss"]
+    h, w = im.shape[2:]
+    rate = out["kl"].sum(dim=1) / (3 * h * w)
+    distortion = (out["x_hat"] - (im - 0.5) * 2).pow(2).flatten(1).mean(dim=1)
+    lmb = out["lmb"]
+    return ((rate + lmb * distortion) * (lmb_mid / lmb)).mean()
+
 class Trainer:
     """Builds the model, data, optimizer and run folder from a config, then trains (:meth:`run`)."""
 
@@ -144,6 +160,7 @@ class Trainer:
         self.validating = cfg.valset.lower() != "none"
         self.val_images = load_validation_images(cfg.valset) if self.validating else []
         self.val_lmbs = validation_lambdas(self.model.lmb_range, cfg.val_steps)
+        self.lmb_mid = (self.model.lmb_range[0] * self.model.lmb_range[1]) ** 0.5
         self.anchor = anchor_curve(cfg.valset) if self.validating else None
         self.best: dict[str, Any] = {"metric": self._best_metric_name(), "value": None, "iteration": None}
 
@@ -293,7 +310,8 @@ class Trainer:
             with sync:
                 with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=cfg.amp):
                     out = self.ddp(im)  # λ drawn per image
-                self.scaler.scale(out["loss"] / accum).backward()
+                loss = training_loss(out, im, cfg.loss_norm, self.lmb_mid)
+                self.scaler.scale(loss / accum).backward()
             self._acc += torch.stack([out["loss"].detach().float(), out["bpp"].detach().float(),
                                       out["psnr"].detach().float(), torch.ones((), device=ctx.device)])
 
