@@ -43,3 +43,12 @@ def qarv_fixed():
 def tiny():
     torch.manual_seed(0)
     return lvae.get_model("qarv_tiny")
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two threads run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

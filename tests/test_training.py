@@ -29,15 +29,6 @@ from lvae.training.validation import anchor_curve, bd_rate_vs_anchor, evaluate, 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- config --------------------------------------------------------------------------------------
 def test_defaults_are_the_authors_recipe():
     cfg, explicit = parse_args([])

@@ -25,15 +25,6 @@ TRAIN = Path(__file__).parent / "data" / "train_small"
 RUN_FILES = {"config.json", "log.jsonl", "last.pt", "last_ema.pt", "best.pt"}
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_args(runs: Path, name: str, *extra: str) -> list[str]:
     return [
         "--model", "qarv_tiny",
