@@ -2,8 +2,9 @@
 
 ``lvae compress``, ``decompress`` and ``info`` handle each file on its own: a failure prints one
 line ``lvae: error: <file>: <message>`` on stderr and the next file goes on. Exit status: 0 when
-every file succeeded, 1 when any failed, 2 for usage errors. ``lvae eval`` and ``lvae plot`` hand
-their arguments to :func:`lvae.evaluation.main` and :func:`lvae.plot.main`.
+every file succeeded, 1 when any failed, 2 for usage errors. ``lvae eval``, ``lvae plot`` and
+``lvae bdrate`` hand their arguments to :func:`lvae.evaluation.main`, :func:`lvae.plot.main` and
+:func:`lvae.compare.main`.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ __all__ = ["main", "build_parser"]
 
 PROG = "lvae"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_MODEL = "qarv_base"
+# The default is the model shipped inside the package: it works offline and gives the same file
+# on every machine. The published qarv_base (downloaded on first use) is one `--model` away.
+DEFAULT_MODEL = "qarv_small"
 LEGACY_MODEL = "qarv_base"  # the authors' layout records no model name; it only ever held qarv_base
 SUFFIXES = {"lvae": ".lvae", "legacy": ".bits"}
-DELEGATED = {"eval": "evaluation", "plot": "plot"}
+DELEGATED = {"eval": "evaluation", "plot": "plot", "bdrate": "compare"}
 
 # Errors that concern one file (or the model it needs): one line each, then the next file.
 FILE_ERRORS = (LvaeError, ValueError, OSError, RuntimeError)
@@ -121,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="container: lvae (default; magic, model name, checksum) or legacy (the QARV authors' "
         "layout, qarv_base only; default suffix .bits)",
     )
-    _add_model_options(c, f"registered model (default: {DEFAULT_MODEL})")
+    _add_model_options(
+        c,
+        f"registered model (default: {DEFAULT_MODEL}, shipped in the package; {LEGACY_MODEL} with "
+        "--format legacy; qarv_base is the published model, downloaded on first use)",
+    )
 
     d = sub.add_parser(
         "decompress",
@@ -248,10 +255,17 @@ def _run_files(items: Sequence[str], desc: str, job: Callable[[Path], str]) -> i
 
 
 # -- commands ----------------------------------------------------------------------------------------
+def _compress_model(args: argparse.Namespace) -> str:
+    """--model, else qarv_base for the authors' layout (the only model it holds), else the default."""
+    if args.model:
+        return args.model
+    return LEGACY_MODEL if args.format == "legacy" else DEFAULT_MODEL
+
+
 def _compress(args: argparse.Namespace) -> int:
     models = _Models(args.weights, args.device)
     outputs = _Outputs(args.output, args.out_dir, SUFFIXES[args.format], args.force)
-    model_name = args.model or DEFAULT_MODEL
+    model_name = _compress_model(args)
 
     def job(src: Path) -> str:
         _check_input(src)
@@ -269,7 +283,7 @@ def _compress(args: argparse.Namespace) -> int:
         outputs.done(out)
         return (
             f"{src} -> {res.path}: {res.num_bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB, "
-            f"lmb {res.lmb:.4g}, {res.width}x{res.height}"
+            f"{model_name}, lmb {res.lmb:.4g}, {res.width}x{res.height}"
         )
 
     return _run_files(args.images, "compress", job)
@@ -357,7 +371,8 @@ def _models(args: argparse.Namespace) -> int:
     width = max(len("model"), *(len(r[0]) for r in rows))
     print(f"{'model':<{width}}  offline  weights")
     for name, offline, where in rows:
-        print(f"{name:<{width}}  {offline:<7}  {where}")
+        mark = " (default for compress)" if name == DEFAULT_MODEL else ""
+        print(f"{name:<{width}}  {offline:<7}  {where}{mark}")
     return EXIT_OK
 
 
@@ -392,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "output", None) and len(getattr(args, "images", None) or args.files) > 1:
         parser.error("-o/--output takes a single input; use --out-dir for several")
-    if args.command == "compress" and args.format == "legacy" and (args.model or DEFAULT_MODEL) != LEGACY_MODEL:
+    if args.command == "compress" and args.format == "legacy" and _compress_model(args) != LEGACY_MODEL:
         parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")
     device = getattr(args, "device", None)
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():

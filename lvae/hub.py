@@ -6,6 +6,7 @@ A path given as ``pretrained='file.pt'`` is used as is.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -15,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, WeightsUnavailableError
-from .registry import Weights
+from .registry import Weights, list_models, model_weights
 
 __all__ = ["resolve_weights", "load_checkpoint_state_dict", "load_state_dict_strict", "load_pretrained"]
 
@@ -24,8 +25,40 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def packaged_models() -> list[str]:
+    """Registered models whose weights ship inside the package (usable offline)."""
+    return [n for n in list_models() if (w := model_weights(n)) is not None and w.package_file]
+
+
+def _offline_hint() -> str:
+    names = packaged_models()
+    if not names:
+        return ""
+    return f" Models shipped in the package work offline: {', '.join(names)}."
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified(path: Path, name: str, weights: Weights) -> Path:
+    if weights.sha256 and file_sha256(path) != weights.sha256:
+        raise CheckpointError(
+            f"the weights file of {name!r} at {path} is damaged: its SHA-256 is not {weights.sha256}; "
+            "delete it and let it be fetched again (packaged weights: reinstall lvae)"
+        )
+    return path
+
+
 def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -> Path:
-    """Return a local path to the pretrained weights of model ``name``, downloading if needed."""
+    """Return a local path to the pretrained weights of model ``name``, downloading if needed.
+
+    A ``sha256`` in ``weights`` is checked for packaged, cached and downloaded files alike.
+    """
     if weights is None:
         raise WeightsUnavailableError(
             f"model {name!r} has no published weights; pass a checkpoint path, e.g. "
@@ -34,13 +67,13 @@ def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -
     if weights.package_file:
         path = Path(str(resources.files("lvae").joinpath(weights.package_file)))
         if path.is_file():
-            return path
+            return _verified(path, name, weights)
         raise WeightsUnavailableError(
             f"the packaged weights of {name!r} are missing from the installation ({path}); reinstall lvae"
         )
     cached = hub_checkpoint_dir() / weights.filename
     if cached.is_file():
-        return cached
+        return _verified(cached, name, weights)
     if not weights.url:
         raise WeightsUnavailableError(f"no weights for {name!r} at {cached} and no URL to download them from")
     how = (
@@ -54,9 +87,9 @@ def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -
     except Exception as exc:  # network errors come in many types (URLError, socket errors, HTTP...)
         raise WeightsUnavailableError(
             f"could not download the weights of {name!r} ({type(exc).__name__}: {exc}). To use them "
-            f"offline, {how}"
+            f"offline, {how}.{_offline_hint()}"
         ) from None
-    return cached
+    return _verified(cached, name, weights)
 
 
 def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

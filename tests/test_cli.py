@@ -92,7 +92,7 @@ def test_compress_decompress_info_round_trip(work, coded, tmp_path):
     printed = {}
     for line, stem, size in zip(lines, "ab", ("96x70", "45x50")):
         m = re.fullmatch(
-            rf".*{stem}\.png -> (\S+): (\d+) bytes, ([\d.]+) bpp, PSNR ([\d.]+) dB, lmb 181, {size}", line
+            rf".*{stem}\.png -> (\S+): (\d+) bytes, ([\d.]+) bpp, PSNR ([\d.]+) dB, qarv_tiny, lmb 181, {size}", line
         )
         assert m, line
         out = Path(m.group(1))
@@ -253,7 +253,7 @@ def test_decompress_bad_files_are_reported_and_skipped(work, coded, tmp_path):
 
 
 def test_missing_qarv_base_weights_give_one_clear_line(work, tmp_path):
-    proc = run(work, "compress", work / "a.png", work / "b.png", "--out-dir", tmp_path)
+    proc = run(work, "compress", work / "a.png", work / "b.png", "--out-dir", tmp_path, "--model", "qarv_base")
     assert proc.returncode == 1
     errors = error_lines(proc)
     assert len(errors) == 2, proc.stderr
@@ -261,7 +261,27 @@ def test_missing_qarv_base_weights_give_one_clear_line(work, tmp_path):
         assert error.startswith(f"lvae: error: {work / image}: could not download the weights of 'qarv_base'")
         assert str(work / "torch_home" / "hub" / "checkpoints" / "qarv_base-2022-dec-12.pt") in error
         assert "--weights FILE" in error
+        assert "Models shipped in the package work offline: qarv_small" in error
     assert list(tmp_path.iterdir()) == []
+    # The authors' layout only holds qarv_base, so --format legacy alone means qarv_base.
+    proc = run(work, "compress", work / "a.png", "--out-dir", tmp_path, "--format", "legacy")
+    [error] = error_lines(proc)
+    assert "could not download the weights of 'qarv_base'" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_model_is_the_packaged_one_and_works_offline(work, tmp_path):
+    """No --model, no network, empty hub cache: qarv_small from the package codes the image."""
+    assert cli.DEFAULT_MODEL == "qarv_small" and model_weights("qarv_small").package_file
+    proc = run(work, "compress", work / "a.png", "-o", tmp_path / "a.lvae", "--lmb", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert ", qarv_small, lmb 64, 96x70" in proc.stdout
+    assert read_header((tmp_path / "a.lvae").read_bytes()).model_name == "qarv_small"
+    proc = run(work, "decompress", tmp_path / "a.lvae")
+    assert proc.returncode == 0, proc.stderr
+    assert load_image(tmp_path / "a.png").shape == (1, 3, 70, 96)
+    proc = run(work, "models")
+    assert "(default for compress)" in models_table(proc.stdout)["qarv_small"]
 
 
 # -- usage errors and the delegated subcommands -------------------------------------------------------

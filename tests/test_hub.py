@@ -134,3 +134,18 @@ def test_offline_with_empty_cache_gives_instructions(tmp_path, monkeypatch):
 def test_published_url_is_the_authors():
     w = lvae.registry.model_weights("qarv_base")
     assert w.url.endswith("/qarv_base-2022-dec-12.pt") and w.filename == "qarv_base-2022-dec-12.pt"
+
+
+def test_damaged_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch, source):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    cache = tmp_path / "th" / "hub" / "checkpoints" / "fake-tiny.pt"
+    cache.parent.mkdir(parents=True)
+    torch.save({"model": source.state_dict()}, cache)
+    from lvae.hub import file_sha256
+
+    good = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256=file_sha256(cache))
+    assert resolve_weights("qarv_tiny", good) == cache
+    bad = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="is damaged: its SHA-256 is not 0000"):
+        resolve_weights("qarv_tiny", bad)

@@ -39,9 +39,25 @@ def qarv_tiny(**overrides) -> QARV:
     return QARV(QARVConfig(**cfg))
 
 
-@register_model
+# Trained by this project with train-var-rate.py on the CPU (BSDS500 + Sun-Hays 80, never Kodak);
+# the run's config and log are in results/training/qarv_small/. Shipped inside the package.
+QARV_SMALL_SHA256 = "7c38dcdbfe856d0b570b06ec6a96ac36ab59e9bcc7be8c0de5fba4bd50715b9f"
+
+
+@register_model(
+    weights=Weights(
+        filename="qarv_small.pt",
+        package_file="data/weights/qarv_small.pt",
+        sha256=QARV_SMALL_SHA256,
+        license="MIT, like the lvae code (trained by the lvae project)",
+        paper=QARV_PAPER,
+    )
+)
 def qarv_small(**overrides) -> QARV:
-    """A small QARV (4.39 M parameters) sized for CPU training and coding; λ ∈ [16, 2048]."""
+    """A small QARV (4.39 M parameters) sized for CPU training and coding; λ ∈ [16, 2048].
+
+    ``pretrained=True`` loads the weights shipped inside the package (no network).
+    """
     cfg = dict(
         enc_widths=(64, 96, 128, 128, 128),
         enc_depths=(2, 2, 2, 1, 1),
