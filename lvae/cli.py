@@ -348,15 +348,13 @@ def _info(args: argparse.Namespace) -> int:
 
 def _weights_status(name: str) -> tuple[str, str]:
     """('yes' | 'no', where the weights are or how to get them) for the ``models`` listing."""
-    from importlib import resources
-
-    from .hub import hub_checkpoint_dir
+    from .hub import hub_checkpoint_dir, packaged_path
 
     w = model_weights(name)
     if w is None:
         return "no", "no published weights; pass --weights FILE"
     if w.package_file:
-        path = Path(str(resources.files("lvae").joinpath(w.package_file)))
+        path = packaged_path(w)
         return ("yes", f"packaged: {path}") if path.is_file() else ("no", f"packaged file missing: {path}")
     cached = hub_checkpoint_dir() / w.filename
     if cached.is_file():

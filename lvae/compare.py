@@ -6,12 +6,12 @@ curves share (the interval the BD-rate integrates over).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 from .metrics import bd_rate
 from .plot import load_results
+from .utils import OneLineArgumentParser
 
 __all__ = ["compare", "main"]
 
@@ -34,13 +34,8 @@ def compare(test: dict[str, Any], anchor: dict[str, Any]) -> dict[str, float]:
     return {"bd-rate": bd_rate(a["bpp"], a["psnr"], t["bpp"], t["psnr"]), "psnr-low": low, "psnr-high": high}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog=prog,
         description="BD-rate (PSNR, %; negative = fewer bits) of the first result JSON against each of the others.",
     )

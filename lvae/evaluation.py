@@ -29,6 +29,7 @@ from . import anchors, classical
 from .errors import LvaeError
 from .metrics import MS_SSIM_MIN_SIDE, ms_ssim, mse, mse_to_psnr, bd_rate
 from .paths import IMAGE_EXTENSIONS, known_datasets, list_images, resolve_dataset
+from .utils import OneLineArgumentParser
 
 __all__ = [
     "lambda_sweep",
@@ -326,15 +327,8 @@ def save_results(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a usage error as one line on stderr (exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _build_parser(prog: str | None) -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog=prog,
         description="Rate–distortion evaluation of a variable-rate model or a classical codec: "
         "real coding to files, bpp from file sizes, PSNR (RGB) and MS-SSIM; writes a JSON.",

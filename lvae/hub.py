@@ -25,6 +25,11 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def packaged_path(weights: Weights) -> Path:
+    """Where ``weights.package_file`` lies in the installed package (it may be missing)."""
+    return Path(str(resources.files("lvae").joinpath(weights.package_file)))
+
+
 def packaged_models() -> list[str]:
     """Registered models whose weights ship inside the package (usable offline)."""
     return [n for n in list_models() if (w := model_weights(n)) is not None and w.package_file]
@@ -65,7 +70,7 @@ def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -
             f"get_model({name!r}, pretrained='runs/.../last_ema.pt')"
         )
     if weights.package_file:
-        path = Path(str(resources.files("lvae").joinpath(weights.package_file)))
+        path = packaged_path(weights)
         if path.is_file():
             return _verified(path, name, weights)
         raise WeightsUnavailableError(

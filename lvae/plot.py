@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import anchors
+from .utils import OneLineArgumentParser
 
 __all__ = ["load_results", "rd_figure", "plot_rd", "main"]
 
@@ -113,14 +113,9 @@ def plot_rd(
     return output
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command line of ``lvae plot``: ``lvae plot results/*.json -o rd.png``; returns the exit status."""
-    p = _Parser(prog=prog, description="Plot PSNR against bpp for result JSONs, with the published anchor curves.")
+    p = OneLineArgumentParser(prog=prog, description="Plot PSNR against bpp for result JSONs, with the published anchor curves.")
     p.add_argument("results", nargs="+", help="result JSON files (from eval-var-rate.py / lvae eval)")
     p.add_argument("-o", "--output", default="rd.png", help="PNG to write (default rd.png)")
     p.add_argument("--title", default=None, help="plot title")

@@ -1,10 +1,19 @@
-"""Small helpers shared by the scripts: safe parsing of command-line model arguments."""
+"""Small helpers shared by the scripts: safe parsing of command-line model arguments, and an
+argument parser whose usage errors are one line."""
 from __future__ import annotations
 
+import argparse
 import ast
 from typing import Any
 
-__all__ = ["parse_model_args"]
+__all__ = ["parse_model_args", "OneLineArgumentParser"]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Reports a usage error as one line on stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_model_args(text: str | None) -> dict[str, Any]:
