@@ -1,14 +1,13 @@
-"""lvae: learned lossy image compression with QARV (Duan et al., TPAMI 2023)."""
+"""lvae: learned lossy image compression with QARV (Duan et al., TPAMI 2023).
+
+``import lvae`` is light: it loads the registry and the error classes, not torch. Submodules
+(``lvae.io``, ``lvae.metrics``, ``lvae.models``...) load on first attribute access, and the
+model code on the first :func:`get_model`.
+"""
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-import warnings
-
-with warnings.catch_warnings():
-    # CompressAI 1.2.8 warns at import time that torch.jit.script is deprecated: not our users' concern.
-    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-    from . import models  # noqa: F401  (registers the models)
 from .errors import BitstreamError, CheckpointError, ImageReadError, LvaeError, WeightsUnavailableError
 from .registry import get_model, list_models, register_model
 
@@ -23,3 +22,23 @@ __all__ = [
     "ImageReadError",
     "WeightsUnavailableError",
 ]
+
+
+def __getattr__(name: str):
+    """PEP 562: ``lvae.io``, ``lvae.metrics``... import the submodule on first access."""
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .registry import import_quietly
+
+    try:
+        return import_quietly(f"{__name__}.{name}")  # the import also sets it as an attribute here
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise  # the submodule exists but needs something missing
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    import pkgutil
+
+    return sorted(set(globals()) | {m.name for m in pkgutil.iter_modules(__path__)})

@@ -5,6 +5,10 @@ line ``lvae: error: <file>: <message>`` on stderr and the next file goes on. Exi
 every file succeeded, 1 when any failed, 2 for usage errors. ``lvae eval``, ``lvae plot`` and
 ``lvae bdrate`` hand their arguments to :func:`lvae.evaluation.main`, :func:`lvae.plot.main` and
 :func:`lvae.compare.main`.
+
+Start-up: ``lvae --help``, ``lvae info`` and ``lvae models`` import neither torch nor the model
+code (tests/test_startup_imports.py checks it); torch, tqdm and the models load in the commands
+that code images.
 """
 from __future__ import annotations
 
@@ -13,15 +17,15 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
-
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .bitstream import read_header
 from .errors import BitstreamError, LvaeError, WeightsUnavailableError
 from .registry import get_model, list_models, model_weights
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "build_parser"]
 
@@ -60,6 +64,8 @@ def _positive_int(text: str) -> int:
 
 
 def _device(text: str) -> torch.device:
+    import torch
+
     try:
         return torch.device(text)
     except RuntimeError:
@@ -77,7 +83,7 @@ def _add_model_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument(
         "--device",
         type=_device,
-        default=torch.device("cpu"),
+        default="cpu",  # argparse passes a string default through _device, in the commands that have it
         metavar="DEV",
         help="torch device (default: cpu; decode on the same kind of device that encoded, since "
         "the range coder needs bit-identical priors on both sides)",
@@ -165,13 +171,24 @@ def _message(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+def _write(text: str, file) -> None:
+    """One line, written around a progress bar on stderr (tqdm is imported here: not at start-up)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=file)
+
+
 def _report_error(name: object, exc: BaseException) -> None:
-    tqdm.write(f"{PROG}: error: {name}: {_message(exc)}", file=sys.stderr)
+    _write(f"{PROG}: error: {name}: {_message(exc)}", sys.stderr)
 
 
 def _progress(items: Sequence[str], desc: str):
+    if len(items) < 2:
+        return items
+    from tqdm import tqdm
+
     # tqdm's disable=None hides the bar when stderr is not a terminal (pipes, logs, tests).
-    return tqdm(items, desc=desc, unit="file", file=sys.stderr, disable=True if len(items) < 2 else None)
+    return tqdm(items, desc=desc, unit="file", file=sys.stderr, disable=None)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -247,7 +264,7 @@ def _run_files(items: Sequence[str], desc: str, job: Callable[[Path], str]) -> i
     failed = 0
     for item in _progress(items, desc):
         try:
-            tqdm.write(job(Path(item)), file=sys.stdout)
+            _write(job(Path(item)), sys.stdout)
         except Exception as exc:  # noqa: BLE001  (one line per file, whatever went wrong)
             _report_error(item, exc)
             failed += 1
@@ -348,20 +365,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _weights_status(name: str) -> tuple[str, str]:
     """('yes' | 'no', where the weights are or how to get them) for the ``models`` listing."""
-    from .hub import hub_checkpoint_dir, packaged_path
+    from .hub import locate_weights
 
     w = model_weights(name)
     if w is None:
         return "no", "no published weights; pass --weights FILE"
-    if w.package_file:
-        path = packaged_path(w)
-        return ("yes", f"packaged: {path}") if path.is_file() else ("no", f"packaged file missing: {path}")
-    cached = hub_checkpoint_dir() / w.filename
-    if cached.is_file():
-        return "yes", f"cached: {cached}"
+    found = locate_weights(w)
+    if found.present:
+        return "yes", f"{found.source}: {found.path}"
+    if found.source == "packaged":
+        return "no", f"packaged file missing: {found.path}"
     if w.url:
-        return "no", f"downloaded on first use from {w.url} into {cached}"
-    return "no", f"not found at {cached}"
+        return "no", f"downloaded on first use from {w.url} into {found.path}"
+    return "no", f"not found at {found.path}"
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -390,6 +406,12 @@ def _delegate(command: str, argv: list[str]) -> int:
     return EXIT_OK if rc is None else int(rc)
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 COMMANDS = {"compress": _compress, "decompress": _decompress, "info": _info, "models": _models}
 
 
@@ -408,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compress" and args.format == "legacy" and _compress_model(args) != LEGACY_MODEL:
         parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")
     device = getattr(args, "device", None)
-    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+    if device is not None and device.type == "cuda" and not _cuda_available():
         parser.error(f"--device {device}: CUDA is not available on this machine")
     if getattr(args, "out_dir", None):
         try:

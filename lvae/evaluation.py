@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import math
 import platform
 import sys
@@ -198,11 +199,9 @@ def _versions() -> dict[str, str | None]:
 
     import lvae
 
-    try:
-        import compressai
-
-        compressai_version = compressai.__version__
-    except ImportError:
+    try:  # the distribution's metadata: importing the compressai package takes seconds
+        compressai_version = importlib.metadata.version("compressai")
+    except importlib.metadata.PackageNotFoundError:
         compressai_version = None
     return {
         "lvae": lvae.__version__,

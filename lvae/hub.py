@@ -1,28 +1,75 @@
-"""Checkpoint resolution and strict loading of pretrained weights.
+"""Pretrained weights: where they are, and strict loading.
 
 Resolution order for ``pretrained=True``: a file shipped in the package, else the torch hub
 cache (``torch.hub.get_dir()/checkpoints``, which honours ``TORCH_HOME``), else the URL.
-A path given as ``pretrained='file.pt'`` is used as is.
+A path given as ``pretrained='file.pt'`` is used as is. :func:`locate_weights` is that order
+without downloading (``lvae models`` shows it).
+
+This module imports torch only in the functions that load or download: knowing where weights
+are (``lvae models``) costs no torch import. It knows nothing of the model registry (the
+registry imports it, never the reverse).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError, WeightsUnavailableError
-from .registry import Weights, list_models, model_weights
 
-__all__ = ["resolve_weights", "load_checkpoint_state_dict", "load_state_dict_strict", "load_pretrained"]
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+__all__ = [
+    "Weights",
+    "WeightsLocation",
+    "locate_weights",
+    "resolve_weights",
+    "load_checkpoint_state_dict",
+    "load_state_dict_strict",
+    "load_pretrained",
+]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's pretrained weights come from, and on what terms.
+
+    ``url`` + ``filename``: downloaded into ``torch.hub.get_dir()/checkpoints``.
+    ``package_file``: a file shipped inside the ``lvae`` package (no network needed).
+    """
+
+    filename: str
+    url: str | None = None
+    package_file: str | None = None
+    sha256: str | None = None
+    license: str = ""
+    paper: str = ""
+
+
+def _torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()``, without importing torch when it is not loaded yet.
+
+    Until torch is imported nobody can have called ``torch.hub.set_dir``, so the directory is
+    the one torch derives from the environment: ``$TORCH_HOME/hub``, where ``TORCH_HOME``
+    defaults to ``$XDG_CACHE_HOME/torch`` and ``XDG_CACHE_HOME`` to ``~/.cache``.
+    """
+    if "torch" in sys.modules:
+        import torch.hub
+
+        return Path(torch.hub.get_dir())
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))) / "hub"
 
 
 def hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return _torch_hub_dir() / "checkpoints"
 
 
 def packaged_path(weights: Weights) -> Path:
@@ -30,16 +77,22 @@ def packaged_path(weights: Weights) -> Path:
     return Path(str(resources.files("lvae").joinpath(weights.package_file)))
 
 
-def packaged_models() -> list[str]:
-    """Registered models whose weights ship inside the package (usable offline)."""
-    return [n for n in list_models() if (w := model_weights(n)) is not None and w.package_file]
+@dataclass(frozen=True)
+class WeightsLocation:
+    """Where :func:`resolve_weights` looks for a weights file: ``source`` is 'packaged' or 'cached'."""
+
+    path: Path
+    source: str
+    present: bool
 
 
-def _offline_hint() -> str:
-    names = packaged_models()
-    if not names:
-        return ""
-    return f" Models shipped in the package work offline: {', '.join(names)}."
+def locate_weights(weights: Weights) -> WeightsLocation:
+    """The file :func:`resolve_weights` would use (packaged, else the hub cache), without downloading."""
+    if weights.package_file:
+        path, source = packaged_path(weights), "packaged"
+    else:
+        path, source = hub_checkpoint_dir() / weights.filename, "cached"
+    return WeightsLocation(path, source, path.is_file())
 
 
 def file_sha256(path: Path) -> str:
@@ -59,32 +112,36 @@ def _verified(path: Path, name: str, weights: Weights) -> Path:
     return path
 
 
-def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -> Path:
+def resolve_weights(
+    name: str, weights: Weights | None, progress: bool = True, *, offline_models: Sequence[str] = ()
+) -> Path:
     """Return a local path to the pretrained weights of model ``name``, downloading if needed.
 
     A ``sha256`` in ``weights`` is checked for packaged, cached and downloaded files alike.
+    ``offline_models``: names of models that work without a download, suggested when one fails.
     """
     if weights is None:
         raise WeightsUnavailableError(
             f"model {name!r} has no published weights; pass a checkpoint path, e.g. "
             f"get_model({name!r}, pretrained='runs/.../last_ema.pt')"
         )
-    if weights.package_file:
-        path = packaged_path(weights)
-        if path.is_file():
-            return _verified(path, name, weights)
+    found = locate_weights(weights)
+    if found.present:
+        return _verified(found.path, name, weights)
+    if found.source == "packaged":
         raise WeightsUnavailableError(
-            f"the packaged weights of {name!r} are missing from the installation ({path}); reinstall lvae"
+            f"the packaged weights of {name!r} are missing from the installation ({found.path}); reinstall lvae"
         )
-    cached = hub_checkpoint_dir() / weights.filename
-    if cached.is_file():
-        return _verified(cached, name, weights)
+    cached = found.path
     if not weights.url:
         raise WeightsUnavailableError(f"no weights for {name!r} at {cached} and no URL to download them from")
     how = (
         f"download {weights.url} and save it as {cached} (the torch hub cache; set TORCH_HOME to "
         f"move it), or pass the file's path: get_model({name!r}, pretrained='/path/{weights.filename}')"
     )
+    hint = f" Models shipped in the package work offline: {', '.join(offline_models)}." if offline_models else ""
+    import torch.hub
+
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         # download_url_to_file writes to a temporary file and renames it when complete.
@@ -92,13 +149,15 @@ def resolve_weights(name: str, weights: Weights | None, progress: bool = True) -
     except Exception as exc:  # network errors come in many types (URLError, socket errors, HTTP...)
         raise WeightsUnavailableError(
             f"could not download the weights of {name!r} ({type(exc).__name__}: {exc}). To use them "
-            f"offline, {how}.{_offline_hint()}"
+            f"offline, {how}.{hint}"
         ) from None
     return _verified(cached, name, weights)
 
 
 def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint (``{'model': state_dict, ...}`` or a bare state dict) safely, on the CPU."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -147,10 +206,17 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], sou
     model.load_state_dict(sd, strict=True)
 
 
-def load_pretrained(model: nn.Module, name: str, weights: Weights | None, pretrained: bool | str | os.PathLike) -> None:
-    """Load ``pretrained`` (True or a path) into ``model`` strictly."""
+def load_pretrained(
+    model: nn.Module,
+    name: str,
+    weights: Weights | None,
+    pretrained: bool | str | os.PathLike,
+    *,
+    offline_models: Sequence[str] = (),
+) -> None:
+    """Load ``pretrained`` (True or a path) into ``model`` strictly (``offline_models``: see :func:`resolve_weights`)."""
     if pretrained is True:
-        path = resolve_weights(name, weights)
+        path = resolve_weights(name, weights, offline_models=offline_models)
     elif isinstance(pretrained, (str, os.PathLike)):
         path = Path(pretrained)
     else:

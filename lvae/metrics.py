@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the metrics only call tensor methods: importing this module costs no torch
+    import torch
 
 __all__ = ["mse", "psnr", "mse_to_psnr", "ms_ssim", "MS_SSIM_MIN_SIDE", "bd_rate"]
 
@@ -27,7 +30,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean squared error of two N×3×H×W images in [0, 1] (over all pixels and channels)."""
     _check_pair(a, b)
-    return float(torch.mean((a.double() - b.double()) ** 2))
+    return float(((a.double() - b.double()) ** 2).mean())
 
 
 def mse_to_psnr(value: float) -> float:
