@@ -1,20 +1,22 @@
 """Encode/decode speed, peak memory and file-size overhead of qarv_base on one Kodak-sized image.
 
     python benchmarks/coding.py [IMAGE] [--repeats 5] [--lmb 181] [--ratio-lmbs 16,181,2048]
+                                [--device cpu|cuda] [--json OUT.json]
 
 The model has the fixed reference weights of :mod:`lvae.testing` (no download needed), so its
 rates are not those of the published model; the timings are. Without IMAGE a smooth random
 512×768 image is synthesised (seeded). Times are medians of ``--repeats`` runs after one warm-up,
-on the CPU and, when present, on CUDA. ``encode`` is ``model.compress``, ``decode`` is
+on the CPU and, when present, on CUDA (``--device`` picks one). ``encode`` is ``model.compress``, ``decode`` is
 ``model.decompress``, ``forward`` is the eval-mode forward pass that estimates the rate.
 ``file/est`` compares the real file's bits (header included) with the model's estimate
-``bpp × H × W``. NOTE: on the CPU, lvae entropy-codes on ``lvae.models.qarv.CODING_THREADS``
+``bpp × H × W``. ``--json`` also writes both tables to a file. NOTE: on the CPU, lvae entropy-codes on ``lvae.models.qarv.CODING_THREADS``
 threads (bit-exact priors whatever the machine), while ``forward`` uses torch's thread count.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import platform
 import re
@@ -208,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lmb", type=float, default=None, help="λ of the timed runs (default: the model's)")
     parser.add_argument("--ratio-lmbs", default="16,default,2048", help="λ values of the file/estimate table")
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="time this device only (default: CPU, and CUDA if present)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.device == "cuda" and (args.no_cuda or not torch.cuda.is_available()):
+        parser.error("--device cuda: " + ("--no-cuda was given too" if args.no_cuda else "CUDA is not available here"))
 
     im, source = load_input(args.image)
     model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
@@ -221,13 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
+    if args.device is not None:
+        devices = [torch.device(args.device)]
     cpu_peak = CpuPeak()
     h, w = im.shape[2:]
     print(f"qarv_base, fixed reference weights; {w}x{h} {source}; lambda {lmb:.5g}; "
           f"median of {args.repeats} after 1 warm-up")
     print(f"machine: {machine_description()}")
-    if torch.cuda.is_available() and not args.no_cuda:
-        print(f"cuda: {torch.cuda.get_device_name(0)}")
+    cuda_name = torch.cuda.get_device_name(0) if any(d.type == "cuda" for d in devices) else None
+    if cuda_name:
+        print(f"cuda: {cuda_name}")
     print(f"CPU peak memory: {cpu_peak.method}; CUDA peak: torch.cuda.max_memory_allocated minus allocated before")
     print()
 
@@ -242,8 +251,29 @@ def main(argv: list[str] | None = None) -> int:
     model.to(devices[-1])
     print(f"file size vs the model's estimate (on {devices[-1].type}):")
     print(f"{'lambda':>8} {'est bpp':>9} {'file bpp':>9} {'file/est':>9} {'header B':>9} {'PSNR dB':>8}")
-    for lm, est, real, ratio, header, psnr in bits_ratios(model, im, ratio_lmbs):
+    ratios = bits_ratios(model, im, ratio_lmbs)
+    for lm, est, real, ratio, header, psnr in ratios:
         print(f"{lm:>8.5g} {est:>9.4f} {real:>9.4f} {ratio:>9.4f} {header:>9d} {psnr:>8.2f}")
+    if args.json:
+        report = {
+            "model": "qarv_base (fixed reference weights)", "image": source, "height": h, "width": w,
+            "lambda": lmb, "repeats": args.repeats, "machine": machine_description(), "cuda_device": cuda_name,
+            "timings": [
+                {"device": dev, "op": op, "median_s": med, "min_s": lo, "max_s": hi, "peak_mib": peak,
+                 "mpx_per_s": h * w / 1e6 / med}
+                for dev, op, med, lo, hi, peak in rows
+            ],
+            "ratio_device": devices[-1].type,
+            "file_vs_estimate": [
+                {"lambda": lm, "est_bpp": est, "file_bpp": real, "file_over_est": ratio, "header_bytes": header,
+                 "psnr_db": psnr}
+                for lm, est, real, ratio, header, psnr in ratios
+            ],
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"results written to {out}")
     return 0
 
 

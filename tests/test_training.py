@@ -23,7 +23,7 @@ from lvae.training.data import ImageFolderCrops, ResumableDistributedSampler
 from lvae.training.distributed import DistContext
 from lvae.training.ema import ModelEma
 from lvae.training.schedule import SpikeGuard, lr_factor
-from lvae.training.trainer import param_groups, training_loss
+from lvae.training.trainer import cuda_training_flags, param_groups, training_loss
 from lvae.training.validation import anchor_curve, bd_rate_vs_anchor, evaluate, validation_lambdas
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -65,6 +65,8 @@ def test_seed_command_flags_parse():
         (["--wbmode", "on"], "invalid choice"),
         (["--ema_decay", "1.5"], "--ema_decay"),
         (["--resume", "a", "--weights", "b.pt"], "exclude each other"),
+        (["--max_minutes", "-1"], "--max_minutes"),
+        (["--max_minutes", "nan"], "--max_minutes"),
     ],
 )
 def test_bad_flags_raise_config_error(argv, words):
@@ -82,6 +84,38 @@ def test_resume_merge_allows_only_run_control_changes():
         merge_for_resume(saved, cfg, explicit)
     cfg, explicit = parse_args(["--resume", "x", "--lr", "1e-3"])  # the same value is fine
     assert merge_for_resume(saved, cfg, explicit).lr == 1e-3
+    cfg, explicit = parse_args(["--resume", "x", "--max_minutes", "2.5"])  # a wall-clock limit per process
+    assert merge_for_resume(saved, cfg, explicit).max_minutes == 2.5
+
+
+def _backend_flags():
+    return (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+
+
+def test_cuda_training_flags_are_scoped_to_the_block():
+    """TF32 and cuDNN autotuning hold inside the block on CUDA and are restored after it (also
+    after an exception); on the CPU nothing changes. Setting the flags needs no GPU."""
+    before = _backend_flags()
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        plain = _backend_flags()
+        assert plain == (False, False, False, "highest")
+        with cuda_training_flags(torch.device("cpu")):
+            assert _backend_flags() == plain
+        with cuda_training_flags(torch.device("cuda", 0)):
+            assert _backend_flags() == (True, True, True, "high")
+        assert _backend_flags() == plain
+        with pytest.raises(RuntimeError, match="boom"):
+            with cuda_training_flags(torch.device("cuda")):
+                raise RuntimeError("boom")
+        assert _backend_flags() == plain
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = before[:2]
+        torch.backends.cuda.matmul.allow_tf32 = before[2]
+        torch.set_float32_matmul_precision(before[3])
 
 
 # -- schedule, spike guard, EMA, parameter groups ------------------------------------------------

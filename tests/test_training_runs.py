@@ -105,6 +105,30 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, one_thre
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
 
+def test_max_minutes_saves_and_stops_then_resumes(tmp_path, one_thread):
+    """--max_minutes 0.0001 (6 ms) is over after the first step: the run logs that window, saves
+    last.pt and last_ema.pt, exits 0, and --resume (with a new limit) continues the schedule (~5 s)."""
+    runs = tmp_path / "runs"
+    run = runs / "clock"
+    argv = tiny_args(runs, "clock", "--iterations", "10", "--valset", "none", "--log_every", "5",
+                     "--max_minutes", "0.0001")
+    assert main(argv) == 0
+    log = read_log(run)
+    stopped = records(log, "stopped")
+    assert len(stopped) == 1 and stopped[0]["reason"] == "max_minutes", log
+    assert not records(log, "done")
+    at = stopped[0]["iteration"]
+    assert 1 <= at < 10
+    assert [r["iteration"] for r in records(log, "train")][-1] == at  # the cut window is logged too
+    assert load_training_checkpoint(run / "last.pt")["iteration"] == at
+    lvae.get_model("qarv_tiny", pretrained=str(run / "last_ema.pt"))
+
+    assert main(["--resume", str(run), "--max_minutes", "0"]) == 0  # 0: no limit
+    log = read_log(run)
+    assert records(log, "resume")[0]["iteration"] == at and records(log, "done")
+    assert load_training_checkpoint(run / "last.pt")["iteration"] == 10
+
+
 def test_torchrun_two_cpu_processes(tmp_path):
     """torchrun --nproc_per_node 2 with gloo (~25 s): both ranks finish, weights stay identical,
     and only rank 0 writes the run folder."""

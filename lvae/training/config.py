@@ -18,7 +18,8 @@ MAX_STRIDE = 64  # QARV's total down-sampling; crops must be multiples of it
 # Flags that may change when a run is resumed; any other flag must keep its value.
 RESUME_OVERRIDABLE = frozenset(
     {"iterations", "workers", "device", "wbmode", "val_every", "ckpt_every", "log_every", "valset", "val_steps",
-     "trainset", "runs_dir"}  # data and run folders may have moved
+     "trainset", "runs_dir",  # data and run folders may have moved
+     "max_minutes"}
 )
 
 
@@ -60,6 +61,7 @@ class TrainConfig:
     # "lmb": weight each image's R + λ·D by λ_mid/λ (same optimum per λ); "none": the authors' loss
     loss_norm: str = "none"
     iterations: int = 2_000_000
+    max_minutes: float = 0.0  # wall-clock limit of this process's run (0: none); it saves and stops
     ema: bool = True
     ema_decay: float = 0.9999
     ema_warmup: float = 10000.0  # decay · (1 − exp(−step / ema_warmup))
@@ -92,7 +94,7 @@ class TrainConfig:
         for name in ("lr_warmup", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
-        for name in ("wdecay", "grad_clip", "ema_warmup"):
+        for name in ("wdecay", "grad_clip", "ema_warmup", "max_minutes"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
@@ -182,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", type=str, default=None, help="cpu or cuda; None: cuda if available")
     g.add_argument("--val_every", type=int, default=d.val_every, help="validate every N iterations")
     g.add_argument("--ckpt_every", type=int, default=d.ckpt_every, help="write last.pt every N iterations")
+    g.add_argument("--max_minutes", type=float, default=d.max_minutes,
+                   help="stop (saving last.pt) once this process has run this many minutes; 0: no limit")
     g.add_argument("--log_every", type=int, default=d.log_every, help="log averages every N iterations")
     g.add_argument("--wbproject", type=str, default=d.wbproject, help="W&B project")
     g.add_argument("--wbgroup", type=str, default=d.wbgroup, help="W&B group")

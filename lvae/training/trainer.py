@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -47,7 +47,7 @@ from .schedule import SpikeGuard, lr_factor
 from .tracking import RunLog, init_wandb, require_wandb
 from .validation import anchor_curve, bd_rate_vs_anchor, evaluate, load_validation_images, validation_lambdas
 
-__all__ = ["Trainer", "build_model", "param_groups", "main"]
+__all__ = ["Trainer", "build_model", "param_groups", "cuda_training_flags", "main"]
 
 SPIKE_FACTOR = 10.0  # a grad norm above 10× the running median is a spike ...
 SPIKE_WINDOW = 100  # ... of the last 100 norms
@@ -84,6 +84,37 @@ def _grad_scaler(device_type: str, enabled: bool):
 
 
 
+@contextmanager
+def cuda_training_flags(device: torch.device) -> Iterator[None]:
+    """On CUDA, for the span of the block: TF32 matrix products and convolutions, and cuDNN's
+    autotuner (``cudnn.benchmark``); the previous settings come back afterwards.
+
+    Training steps see one crop size, so autotuning pays off there; validation sees every image
+    size (each new size would be autotuned again) and keeps plain float32, so it is left outside.
+    Nothing changes on other devices.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    with warnings.catch_warnings():
+        # torch ≥ 2.9 warns (once) that it prefers its fp32_precision settings; these flags still
+        # work, and reading them after the new settings were used can raise, so lvae uses only these.
+        warnings.filterwarnings("ignore", message="Please use the new API settings to control TF32")
+        saved = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32, torch.get_float32_matmul_precision())
+        cudnn.benchmark = True
+        cudnn.allow_tf32 = True
+        matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Please use the new API settings to control TF32")
+            cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved[:3]
+            torch.set_float32_matmul_precision(saved[3])
+
+
 def training_loss(out: dict, im: torch.Tensor, loss_norm: str, lmb_mid: float) -> torch.Tensor:
     """The loss to minimise: the model's ``mean(R + λ·D)``, or with ``loss_norm='lmb'`` each image's
     ``R + λ·D`` weighted by ``lmb_mid / λ``.
@@ -103,6 +134,7 @@ class Trainer:
     """Builds the model, data, optimizer and run folder from a config, then trains (:meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, explicit: set[str] | None = None):
+        self._t0 = time.monotonic()  # --max_minutes counts from here
         self.ctx = ctx
         ckpt = None
         resume_path = self.resume_path = None
@@ -116,8 +148,6 @@ class Trainer:
         device = ctx.device
         if cfg.amp and device.type != "cuda":
             raise ConfigError("--amp needs a CUDA device")
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
 
         # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
@@ -446,16 +476,22 @@ class Trainer:
         if self._signal is None:
             self._signal = signum
 
-    def _stop_signal(self) -> int:
-        """The signal number that asks to stop (0: none), agreed by all ranks."""
-        sig = self._signal or 0
+    def _out_of_time(self) -> bool:
+        limit = self.cfg.max_minutes
+        return limit > 0 and time.monotonic() - self._t0 >= 60.0 * limit
+
+    def _stop_request(self) -> tuple[int, bool]:
+        """The signal number that asks to stop (0: none) and whether ``--max_minutes`` is reached,
+        agreed by all ranks (any rank's signal or clock stops them all at the same step)."""
+        sig, late = self._signal or 0, int(self._out_of_time())
         if self.ctx.distributed:
-            t = self.ctx.all_reduce_(torch.tensor([sig], device=self.ctx.device), op="max")
-            sig = int(t.item())
-        return sig
+            t = self.ctx.all_reduce_(torch.tensor([sig, late], device=self.ctx.device), op="max")
+            sig, late = (int(v) for v in t.tolist())
+        return sig, bool(late)
 
     def run(self) -> int:
-        """Train to ``cfg.iterations``; return 0, or 128 + signal number when stopped by a signal."""
+        """Train to ``cfg.iterations`` (or until ``--max_minutes``); return 0, or 128 + signal number
+        when stopped by a signal."""
         cfg = self.cfg
         if self.iteration >= cfg.iterations:
             if self.log is not None:
@@ -470,17 +506,19 @@ class Trainer:
         self._reset_window()
         try:
             while self.iteration < cfg.iterations:
-                self.train_step(batches)
+                with cuda_training_flags(self.ctx.device):
+                    self.train_step(batches)
                 self.iteration += 1
                 pbar.update(1)
                 last = self.iteration == cfg.iterations
-                if self.iteration % cfg.log_every == 0 or last:
+                sig, late = self._stop_request()
+                late = late and not last and not sig
+                if self.iteration % cfg.log_every == 0 or last or late:
                     self._log_train(pbar)
-                sig = self._stop_signal()
                 paused = time.perf_counter()
-                if self.validating and not sig and (self.iteration % cfg.val_every == 0 or last):
+                if self.validating and not (sig or late) and (self.iteration % cfg.val_every == 0 or last):
                     self.validate()
-                if sig or last or self.iteration % cfg.ckpt_every == 0:
+                if sig or late or last or self.iteration % cfg.ckpt_every == 0:
                     self.save_checkpoint()
                 self._window_start += time.perf_counter() - paused  # it/s counts training time only
                 if sig:
@@ -489,6 +527,12 @@ class Trainer:
                         tqdm.write(f"stopped by {signal.Signals(sig).name} at iteration {self.iteration}; "
                                    f"continue with --resume {self.run_dir}", file=sys.stderr)
                     return 128 + sig
+                if late:
+                    if self.log is not None:
+                        self.log.write("stopped", self.iteration, reason="max_minutes", max_minutes=cfg.max_minutes)
+                        tqdm.write(f"--max_minutes {cfg.max_minutes:g} reached at iteration {self.iteration} of "
+                                   f"{cfg.iterations}; continue with --resume {self.run_dir}", file=sys.stderr)
+                    return 0
             if self.log is not None:
                 self.log.write("done", self.iteration, best=self.best)
             return 0
