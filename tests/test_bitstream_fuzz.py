@@ -33,19 +33,47 @@ def seeds(model):
         im = torch.rand(1, 3, *hw)
         files.append(model.compress(im, lmb=lmb))
         files.append(model.compress(im, lmb=lmb, format="legacy"))
+        header, strings = bitstream.unpack(files[-2])
+        files.append(bitstream.pack("qarv_tiny", header.lmb, *hw, strings, version=1))
     return files
 
 
+def _v2_header_end(data: bytes) -> int | None:
+    """Where version 2's header CRC sits (walking the header as the parser does), or None."""
+    try:
+        flags, name_len = data[5], data[7]
+        pos = 8 + name_len + (8 if flags & 2 else 0) + 4
+        for _ in range(2):  # height, width
+            while data[pos] & 0x80:
+                pos += 1
+            pos += 1
+        present = data[pos + 1]
+        pos += 2
+        for _ in range(present):
+            while data[pos] & 0x80:
+                pos += 1
+            pos += 1
+    except IndexError:
+        return None
+    return pos if pos + 4 <= len(data) else None
+
+
 def _fix_crc(data: bytes) -> bytes:
+    """Forge a valid checksum over the mutated bytes (version 2: the header's; version 1: the file's)."""
     if data[:4] != b"LVAE" or len(data) < 8:
         return data
+    if data[4] == 2:
+        end = _v2_header_end(data)
+        if end is None:
+            return data
+        return data[:end] + struct.pack("<I", zlib.crc32(data[:end])) + data[end + 4 :]
     body = data[:-4]
     return body + struct.pack("<I", zlib.crc32(body))
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
     b = bytearray(data)
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     if kind == 0:  # flip bits
         for _ in range(rng.randint(1, 4)):
             i = rng.randrange(len(b))
@@ -64,9 +92,21 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
     elif kind == 5:  # swap two chunks
         i, j = sorted(rng.randrange(len(b)) for _ in range(2))
         b = b[:i] + b[j:] + b[i:j]
-    else:  # drop a chunk
+    elif kind == 6:  # drop a chunk
         i = rng.randrange(len(b))
         del b[i : i + rng.randint(1, 32)]
+    else:  # version 2's per-string fields: a check value, or a header field after the name
+        end = _v2_header_end(data) if data[:4] == b"LVAE" and data[4] == 2 else None
+        if end is not None and rng.random() < 0.5:
+            header, strings = bitstream.unpack(data)
+            pos = end + 4
+            target = rng.randrange(len(strings))
+            for k in range(target):
+                pos += 4 + len(strings[k])
+            b[pos + rng.randrange(4)] ^= 1 << rng.randrange(8)
+        elif end is not None:
+            i = rng.randrange(4, end)  # version, flags, colour, name, fingerprint, λ, sizes, counts, lengths
+            b[i] = rng.randrange(256)
     data = bytes(b)
     return _fix_crc(data) if rng.random() < 0.6 else data
 

@@ -64,8 +64,42 @@ def test_tiny_round_trip_equals_eval_reconstruction(trained_tiny, hw):
 
 
 def test_container_layout_is_as_documented(trained_tiny):
-    im = torch.rand(1, 3, 70, 90)
+    """Version 2, byte by byte as docs/bitstream.md describes it."""
+    im = torch.rand(1, 3, 70, 200)
     data = trained_tiny.compress(im, lmb=100.5)
+    assert data[:4] == b"LVAE" and data[4] == 2 and data[5] == 0x03 and data[6] == 0 and data[7] == len("qarv_tiny")
+    assert data[8:17] == b"qarv_tiny"
+    assert data[17:25] == lvae.codec.weights_fingerprint(trained_tiny)
+    (lmb,) = struct.unpack_from("<f", data, 25)
+    assert lmb == 100.5
+    assert data[29] == 70 and data[30:32] == bytes([200 - 128 + 0x80, 1])  # LEB128 varints
+    assert data[32:34] == bytes([4, 4])  # 4 strings of the model's 4
+    pos, lengths = 34, []
+    for _ in range(4):
+        value, shift = 0, 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        lengths.append(value)
+    assert struct.unpack_from("<I", data, pos)[0] == zlib.crc32(data[:pos])
+    pos += 4
+    header, strings = bitstream.unpack(data)
+    for length, string, check in zip(lengths, strings, header.checks):
+        assert struct.unpack_from("<I", data, pos)[0] == check
+        assert data[pos + 4 : pos + 4 + length] == string
+        pos += 4 + length
+    assert pos == len(data)
+
+
+def test_version_1_layout_still_decodes(trained_tiny):
+    """Files of container version 1 (no checks) decode as before, verified by their rANS end state."""
+    im = torch.rand(1, 3, 70, 90)
+    strings, _ = trained_tiny.compress_latents(lvae.codec.pad_image(im, 64), 100.5)
+    data = bitstream.pack("qarv_tiny", 100.5, 70, 90, [s[0] for s in strings], version=1)
     assert data[:4] == b"LVAE" and data[4] == 1 and data[5] == len("qarv_tiny")
     assert data[6:15] == b"qarv_tiny"
     lmb, h, w, n = struct.unpack_from("<fIIB", data, 15)
@@ -73,6 +107,7 @@ def test_container_layout_is_as_documented(trained_tiny):
     lengths = struct.unpack_from("<4I", data, 28)
     assert 28 + 16 + sum(lengths) + 4 == len(data)
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    assert torch.equal(trained_tiny.decompress(data), trained_tiny.decompress(trained_tiny.compress(im, lmb=100.5)))
 
 
 def test_default_lambda_is_mid_range(trained_tiny):

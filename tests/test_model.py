@@ -111,9 +111,19 @@ def test_default_lmb_is_mid_range(tiny):
     assert tiny.default_lmb == pytest.approx((lo * hi) ** 0.5)
 
 
-def test_compress_without_tables_is_a_clear_error(tiny):
-    with pytest.raises(RuntimeError, match="compress_mode"):
-        tiny.compress_latents(torch.rand(1, 3, 64, 64), 100)
+def test_coding_needs_no_table_building(tiny):
+    """The CDF tables are package constants: a fresh model codes without compress_mode()."""
+    tiny.eval()
+    assert not tiny.latent_blocks[0].discrete_gaussian.ready
+    im = torch.rand(1, 3, 64, 64)
+    strings, grid = tiny.compress_latents(im, 100)
+    x_hat = tiny.decompress_latents(strings, 100, grid)
+    with torch.no_grad():
+        assert torch.equal(x_hat, tiny(im, lmb=100)["x_hat"])
+    tiny.compress_mode(True)  # fills the state-dict buffers with the same tables
+    from lvae.coding.gaussian import gaussian_tables
+
+    assert torch.equal(tiny.latent_blocks[0].discrete_gaussian._quantized_cdf, gaussian_tables().quantized_cdf)
 
 
 def test_tiny_latent_round_trip_equals_eval_reconstruction(tiny):

@@ -1,9 +1,9 @@
 """Image ↔ bytes ↔ file: padding, containers, rate targets, files on disk.
 
 :class:`CompressionMixin` adds ``compress``/``decompress``/``compress_file``/``decompress_file``
-to a model that provides ``compress_latents``/``decompress_latents`` (see
-:class:`lvae.models.QARV`). It needs nothing else from the model, and nothing here knows the
-network's insides.
+to a model that provides ``encode_latents``/``decompress_latents``, ``latent_blocks``,
+``max_stride``, ``lmb_range``, ``postprocess`` and ``reconstruct`` (see :class:`lvae.models.QARV`).
+Nothing here knows the network's insides.
 
 Rate targets (``target_bytes``, ``target_bpp``, ``target_psnr``) are met by bisection over ln λ:
 2 encodes (or forward passes, for PSNR) at the ends of the λ range, then at most
@@ -11,6 +11,7 @@ Rate targets (``target_bytes``, ``target_bpp``, ``target_psnr``) are met by bise
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import bitstream
-from .errors import BitstreamError
-from .io import atomic_write_bytes, load_image
-from .metrics import psnr
+from ..errors import BitstreamError
+from ..io import atomic_write_bytes, load_image
+from ..metrics import psnr
+from . import container as bitstream
+from .latent import CodedLatent
 
-__all__ = ["CompressResult", "CompressionMixin", "pad_image", "SEARCH_STEPS", "DEFAULT_MAX_PIXELS"]
+__all__ = [
+    "CompressResult", "CompressionMixin", "pad_image", "weights_fingerprint", "SEARCH_STEPS", "DEFAULT_MAX_PIXELS",
+]
 
 SEARCH_STEPS = 12
 DEFAULT_MAX_PIXELS = 2**28  # ≈ 268 megapixels: refuse to decode headers that claim more
@@ -68,24 +72,49 @@ def _check_input(im: torch.Tensor) -> torch.Tensor:
     return im
 
 
-class CompressionMixin:
-    """Adds byte- and file-level coding to a model with ``compress_latents``/``decompress_latents``."""
+def weights_fingerprint(model: torch.nn.Module) -> bytes:
+    """First 8 bytes of a SHA-256 over the model's parameters and persistent buffers.
 
-    def _ensure_tables(self) -> None:
-        if not all(b.discrete_gaussian.ready for b in self.latent_blocks):
-            self.compress_mode(True)
+    Canonical order: state-dict keys sorted; for each, the key, dtype, shape and the values as
+    little-endian float32 (other dtypes as they are). The entropy coder's derived table buffers
+    (``*.discrete_gaussian.*``) are left out: filled or empty, they are the same weights.
+    Cached on the model until a parameter changes (torch's in-place version counters).
+    """
+    sd = {k: v for k, v in model.state_dict().items() if ".discrete_gaussian." not in k}
+    key = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
+    cached = getattr(model, "_lvae_fingerprint", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        v = sd[k].detach()
+        if v.is_floating_point():
+            v = v.float()
+        v = v.cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.numpy().astype(v.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
+    digest = h.digest()[: bitstream.FINGERPRINT_BYTES]
+    model._lvae_fingerprint = (key, digest)
+    return digest
+
+
+class CompressionMixin:
+    """Adds byte- and file-level coding to a model with ``encode_latents``/``decompress_latents``."""
 
     # -- one real encode ---------------------------------------------------------------------
     def _encode(self, im: torch.Tensor, lmb: float, format: str) -> bytes:
         h, w = im.shape[2:]
         x = pad_image(im, self.max_stride)
-        strings, _ = self.compress_latents(x, lmb)
-        strings = [s[0] for s in strings]
+        coded, _ = self.encode_latents(x, lmb)
+        coded = [c[0] for c in coded]
+        strings = [c.string for c in coded]
         if format == "legacy":
             return bitstream.pack_legacy(lmb, h, w, strings)
         if not self.name:
             raise ValueError("the model has no registered name to record in the file; build it with lvae.get_model()")
-        return bitstream.pack(self.name, lmb, h, w, strings)
+        return bitstream.pack(
+            self.name, lmb, h, w, strings, checks=[c.check for c in coded], fingerprint=weights_fingerprint(self)
+        )
 
     @torch.no_grad()
     def _reconstruct_padded(self, im: torch.Tensor, lmb: float) -> torch.Tensor:
@@ -122,7 +151,6 @@ class CompressionMixin:
         if len(chosen) > 1:
             raise ValueError(f"give at most one of lmb, target_bpp, target_bytes, target_psnr (got {', '.join(chosen)})")
         im = _check_input(im).to(next(self.parameters()).device)
-        self._ensure_tables()
         h, w = im.shape[2:]
         encodes = 0
 
@@ -229,11 +257,14 @@ class CompressionMixin:
         return best
 
     @torch.no_grad()
-    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    def decompress(
+        self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, ignore_weights_mismatch: bool = False
+    ) -> torch.Tensor:
         """Decode a file's bytes (lvae container or the authors' layout) to 1×3×H×W in [0, 1].
 
-        Raises :class:`lvae.errors.BitstreamError` for a damaged, foreign or other-model file, and
-        for a header claiming more than ``max_pixels`` pixels.
+        Raises :class:`lvae.errors.BitstreamError` for a damaged, foreign or other-model file, for
+        a file made with other weights (unless ``ignore_weights_mismatch``), and for a header
+        claiming more than ``max_pixels`` pixels.
         """
         header, strings = bitstream.parse(data)
         if header.model_name is not None and header.model_name != self.name:
@@ -241,9 +272,18 @@ class CompressionMixin:
                 f"the file was made by model {header.model_name!r}, not {self.name!r}; "
                 f"decode it with lvae.get_model({header.model_name!r}, pretrained=...)"
             )
+        if header.fingerprint is not None and not ignore_weights_mismatch:
+            ours = weights_fingerprint(self)
+            if ours != header.fingerprint:
+                raise BitstreamError(
+                    f"the file was made with other weights of {self.name!r} (fingerprint "
+                    f"{header.fingerprint.hex()}, these weights: {ours.hex()}); decode it with the weights "
+                    "that made it (ignore_weights_mismatch=True decodes anyway, usually to a wrong image)"
+                )
         n_blocks = len(self.latent_blocks)
-        if len(strings) != n_blocks:
-            raise BitstreamError(f"the file holds {len(strings)} latent strings; this model needs {n_blocks}")
+        total = header.num_latents if header.num_latents is not None else len(strings)
+        if total != n_blocks or len(strings) != n_blocks:
+            raise BitstreamError(f"the file holds {len(strings)} of {total} latent strings; this model needs {n_blocks}")
         lo, hi = self.lmb_range
         if not lo * (1 - 1e-6) <= header.lmb <= hi * (1 + 1e-6):
             raise BitstreamError(f"λ={header.lmb:g} in the file is outside this model's range [{lo:g}, {hi:g}]")
@@ -251,12 +291,15 @@ class CompressionMixin:
             raise BitstreamError(
                 f"the header claims a {header.height}×{header.width} image, more than max_pixels={max_pixels}"
             )
-        self._ensure_tables()
+        checks = header.checks if header.checks is not None else [None] * len(strings)
+        coded = [[CodedLatent(s, c)] for s, c in zip(strings, checks)]
         s = self.max_stride
         grid = (-(-header.height // s), -(-header.width // s))
         try:
-            x_hat = self.decompress_latents([[b] for b in strings], header.lmb, grid)
+            x_hat = self.decompress_latents(coded, header.lmb, grid)
         except (ValueError, RuntimeError, IndexError, OverflowError) as exc:
+            if isinstance(exc, BitstreamError):
+                raise
             raise BitstreamError(f"the latent strings cannot be decoded ({exc})") from None
         im = self.postprocess(x_hat)[:, :, : header.height, : header.width]
         if not bool(torch.isfinite(im).all()):

@@ -1,8 +1,13 @@
-"""Byte containers for coded images: lvae's own format and the QARV authors' layout.
+"""Byte containers for coded images: lvae's own format (versions 2 and 1) and the QARV authors' layout.
 
-Both hold the same thing: the latent strings of one image (one per latent block, decoder order),
-λ, and the original image size. The layouts are documented byte by byte in docs/bitstream.md.
-All integers are little-endian. Every parsing error raises :class:`lvae.errors.BitstreamError`.
+All hold the latent strings of one image (one per latent block, decoder order), λ, and the
+original image size. Version 2 (written by default) adds, per string, the index-map check of
+:mod:`lvae.coding.portable`, the weights' fingerprint, the source's colour type, and the count of
+strings present out of the model's total (so that a prefix of the strings is a valid file). The
+layouts are documented byte by byte in docs/bitstream.md. Integers are little-endian.
+Every parsing error raises :class:`lvae.errors.BitstreamError`.
+
+Pure Python on purpose (no torch): ``lvae info`` reads headers without importing torch.
 """
 from __future__ import annotations
 
@@ -11,16 +16,25 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from .errors import BitstreamError
+from ..errors import BitstreamError
 
-__all__ = ["Header", "MAGIC", "VERSION", "pack", "unpack", "pack_legacy", "unpack_legacy", "read_header", "parse"]
+__all__ = [
+    "Header", "MAGIC", "VERSION", "VERSIONS", "COLOURS", "pack", "unpack", "pack_legacy", "unpack_legacy",
+    "read_header", "parse",
+]
 
 MAGIC = b"LVAE"
-VERSION = 1
+VERSION = 2  # written by default
+VERSIONS = (1, 2)  # read
 MAX_STRINGS = 255
 MAX_SIDE = 2**32 - 1
-_FIXED = struct.Struct("<4sBB")  # magic, version, model-name length
-_BODY = struct.Struct("<fIIB")  # λ, height, width, number of strings
+COLOURS = ("rgb", "gray")  # version 2's colour-type byte: the index of the source's colour type
+FINGERPRINT_BYTES = 8
+FLAG_CHECKS = 0x01  # each string is preceded by its 32-bit index-map check
+FLAG_FINGERPRINT = 0x02  # the header holds the weights' fingerprint
+_FIXED = struct.Struct("<4sBB")  # magic, version, model-name length (v1)
+_BODY = struct.Struct("<fIIB")  # λ, height, width, number of strings (v1)
+_FIXED2 = struct.Struct("<4sBBBB")  # magic, version, flags, colour type, model-name length (v2)
 _CRC = struct.Struct("<I")
 
 
@@ -35,10 +49,18 @@ class Header:
     height: int
     width: int
     string_lengths: list[int] = field(default_factory=list)
+    checks: list[int] | None = None  # version 2: one index-map check per string (None: not recorded)
+    fingerprint: bytes | None = None  # version 2: first 8 bytes of the weights' SHA-256
+    colour: str = "rgb"  # version 2: the source image's colour type, one of COLOURS
+    num_latents: int | None = None  # the model's number of latent strings (None: as many as present)
 
     @property
     def num_bytes_strings(self) -> int:
         return sum(self.string_lengths)
+
+    @property
+    def num_strings(self) -> int:
+        return len(self.string_lengths)
 
 
 def _check_common(lmb: float, height: int, width: int, strings: list[bytes]) -> None:
@@ -53,8 +75,168 @@ def _check_common(lmb: float, height: int, width: int, strings: list[bytes]) -> 
             raise TypeError(f"latent strings must be bytes, got {type(s).__name__}")
 
 
-def pack(model_name: str, lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:
-    """lvae container: magic, version, model name, λ (float32), size (uint32), lengths, strings, CRC-32."""
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128 (7 bits a byte, low bits first)."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(5):  # values below 2**35; callers bound them further
+        if pos >= end:
+            raise BitstreamError(f"truncated header ({what})")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise BitstreamError(f"invalid header ({what} is not in its shortest form)")
+            return value, pos
+    raise BitstreamError(f"invalid header ({what} is too long)")
+
+
+def pack(
+    model_name: str,
+    lmb: float,
+    height: int,
+    width: int,
+    strings: list[bytes],
+    *,
+    checks: list[int] | None = None,
+    fingerprint: bytes | None = None,
+    colour: str = "rgb",
+    num_latents: int | None = None,
+    version: int = VERSION,
+) -> bytes:
+    """An lvae container (version 2 by default; ``version=1`` writes the older layout).
+
+    ``checks``: one 32-bit index-map check per string; ``fingerprint``: 8 bytes identifying the
+    weights; ``num_latents``: the model's number of strings when ``strings`` is a prefix of them.
+    """
+    if version == 1:
+        if checks is not None or fingerprint is not None or colour != "rgb" or num_latents not in (None, len(strings)):
+            raise ValueError("version 1 records no checks, fingerprint, colour type or prefix")
+        return _pack_v1(model_name, lmb, height, width, strings)
+    if version != 2:
+        raise ValueError(f"lvae writes container versions {VERSIONS}, not {version}")
+    total = len(strings) if num_latents is None else num_latents
+    if strings or total:
+        _check_common(lmb, height, width, strings or [b""])
+    if not 0 <= len(strings) <= total <= MAX_STRINGS or total < 1:
+        raise ValueError(f"a container holds 0 to {MAX_STRINGS} of 1 to {MAX_STRINGS} strings, got {len(strings)} of {total}")
+    name = model_name.encode("ascii")
+    if not 1 <= len(name) <= 255:
+        raise ValueError(f"model name must be 1–255 ASCII characters, got {model_name!r}")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise ValueError(f"image sides must be below 2**32, got {height}×{width}")
+    if colour not in COLOURS:
+        raise ValueError(f"colour type must be one of {COLOURS}, got {colour!r}")
+    flags = 0
+    if checks is not None:
+        if len(checks) != len(strings) or any(not 0 <= int(c) < 2**32 for c in checks):
+            raise ValueError("checks must be one unsigned 32-bit value per string")
+        flags |= FLAG_CHECKS
+    if fingerprint is not None:
+        if len(fingerprint) != FINGERPRINT_BYTES:
+            raise ValueError(f"the weights' fingerprint must be {FINGERPRINT_BYTES} bytes")
+        flags |= FLAG_FINGERPRINT
+    head = [_FIXED2.pack(MAGIC, 2, flags, COLOURS.index(colour), len(name)), name]
+    if fingerprint is not None:
+        head.append(bytes(fingerprint))
+    head += [struct.pack("<f", lmb), _varint(height), _varint(width), bytes([total, len(strings)])]
+    head += [_varint(len(s)) for s in strings]
+    header = b"".join(head)
+    body = [header, _CRC.pack(zlib.crc32(header))]
+    for i, s in enumerate(strings):
+        if checks is not None:
+            body.append(_CRC.pack(int(checks[i])))
+        body.append(bytes(s))
+    return b"".join(body)
+
+
+def _unpack_v2(data: bytes) -> tuple[Header, list[bytes]]:
+    _, version, flags, colour, name_len = _FIXED2.unpack_from(data, 0)
+    if flags & ~(FLAG_CHECKS | FLAG_FINGERPRINT):
+        raise BitstreamError(f"unknown flags 0x{flags:02x} in the header (a newer lvae wrote this file?)")
+    if colour >= len(COLOURS):
+        raise BitstreamError(f"unknown colour type {colour} in the header")
+    end = len(data)
+    pos = _FIXED2.size
+    fixed = name_len + (FINGERPRINT_BYTES if flags & FLAG_FINGERPRINT else 0) + 4
+    if pos + fixed > end:
+        raise BitstreamError("truncated header")
+    model_name = _model_name(data[pos : pos + name_len])
+    pos += name_len
+    fingerprint = None
+    if flags & FLAG_FINGERPRINT:
+        fingerprint = data[pos : pos + FINGERPRINT_BYTES]
+        pos += FINGERPRINT_BYTES
+    (lmb,) = struct.unpack_from("<f", data, pos)
+    pos += 4
+    height, pos = _read_varint(data, pos, end, "height")
+    width, pos = _read_varint(data, pos, end, "width")
+    if pos + 2 > end:
+        raise BitstreamError("truncated header")
+    total, present = data[pos], data[pos + 1]
+    pos += 2
+    lengths = []
+    for _ in range(present):
+        length, pos = _read_varint(data, pos, end, "string length")
+        lengths.append(length)
+    if pos + _CRC.size > end:
+        raise BitstreamError("truncated header")
+    (crc,) = _CRC.unpack_from(data, pos)
+    if zlib.crc32(data[:pos]) != crc:
+        raise BitstreamError("header checksum mismatch: the file is corrupted or truncated")
+    pos += _CRC.size
+    if not 1 <= height <= MAX_SIDE or not 1 <= width <= MAX_SIDE:
+        raise BitstreamError(f"invalid image size {height}×{width} in the header")
+    if not math.isfinite(lmb) or lmb <= 0:
+        raise BitstreamError(f"invalid λ {lmb} in the header")
+    if total < 1 or present > total:
+        raise BitstreamError(f"invalid header: {present} of {total} latent strings")
+    per_check = _CRC.size if flags & FLAG_CHECKS else 0
+    if pos + sum(lengths) + per_check * present != end:
+        raise BitstreamError(
+            f"the file is truncated or extended: its strings need {sum(lengths) + per_check * present} bytes "
+            f"but it holds {end - pos}"
+        )
+    strings, checks = [], []
+    for length in lengths:
+        if per_check:
+            checks.append(_CRC.unpack_from(data, pos)[0])
+            pos += per_check
+        strings.append(data[pos : pos + length])
+        pos += length
+    header = Header(
+        "lvae", version, model_name, float(lmb), int(height), int(width), lengths,
+        checks=checks if per_check else None, fingerprint=fingerprint, colour=COLOURS[colour], num_latents=total,
+    )
+    return header, strings
+
+
+def _model_name(raw: bytes) -> str:
+    try:
+        model_name = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise BitstreamError("model name in the header is not ASCII") from None
+    if not model_name.isprintable() or not model_name:
+        raise BitstreamError("invalid model name in the header")
+    return model_name
+
+
+
+def _pack_v1(model_name: str, lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:
+    """Version 1: magic, version, model name, λ (float32), size (uint32), lengths, strings, CRC-32."""
     _check_common(lmb, height, width, strings)
     name = model_name.encode("ascii")
     if not 1 <= len(name) <= 255:
@@ -62,7 +244,7 @@ def pack(model_name: str, lmb: float, height: int, width: int, strings: list[byt
     if height > MAX_SIDE or width > MAX_SIDE:
         raise ValueError(f"image sides must be below 2**32, got {height}×{width}")
     parts = [
-        _FIXED.pack(MAGIC, VERSION, len(name)),
+        _FIXED.pack(MAGIC, 1, len(name)),
         name,
         _BODY.pack(lmb, height, width, len(strings)),
         struct.pack(f"<{len(strings)}I", *(len(s) for s in strings)),
@@ -73,15 +255,20 @@ def pack(model_name: str, lmb: float, height: int, width: int, strings: list[byt
 
 
 def unpack(data: bytes) -> tuple[Header, list[bytes]]:
-    """Parse an lvae container; checks magic, version, CRC-32 and that every byte is accounted for."""
+    """Parse an lvae container (version 2 or 1); checks magic, version, checksums and that every
+    byte is accounted for. (Version 2's strings are verified when they are decoded.)"""
     data = bytes(data)
     if len(data) < _FIXED.size + _CRC.size:
         raise BitstreamError(f"file too short to be an lvae file ({len(data)} bytes)")
     magic, version, name_len = _FIXED.unpack_from(data, 0)
     if magic != MAGIC:
         raise BitstreamError("not an lvae file (bad magic bytes)")
-    if version != VERSION:
-        raise BitstreamError(f"unsupported lvae format version {version} (this library reads version {VERSION})")
+    if version not in VERSIONS:
+        raise BitstreamError(f"unsupported lvae format version {version} (this library reads versions {VERSIONS})")
+    if version == 2:
+        if len(data) < _FIXED2.size + _CRC.size:
+            raise BitstreamError(f"file too short to be an lvae file ({len(data)} bytes)")
+        return _unpack_v2(data)
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(data[: -_CRC.size]) != crc:
         raise BitstreamError("checksum mismatch: the file is corrupted or truncated")
@@ -89,12 +276,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     end = len(data) - _CRC.size
     if pos + name_len + _BODY.size > end:
         raise BitstreamError("truncated header")
-    try:
-        model_name = data[pos : pos + name_len].decode("ascii")
-    except UnicodeDecodeError:
-        raise BitstreamError("model name in the header is not ASCII") from None
-    if not model_name.isprintable() or not model_name:
-        raise BitstreamError("invalid model name in the header")
+    model_name = _model_name(data[pos : pos + name_len])
     pos += name_len
     lmb, height, width, n = _BODY.unpack_from(data, pos)
     pos += _BODY.size
@@ -114,7 +296,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     for length in lengths:
         strings.append(data[pos : pos + length])
         pos += length
-    header = Header("lvae", version, model_name, float(lmb), int(height), int(width), lengths)
+    header = Header("lvae", version, model_name, float(lmb), int(height), int(width), lengths, num_latents=n)
     return header, strings
 
 
@@ -160,7 +342,7 @@ def unpack_legacy(data: bytes) -> tuple[Header, list[bytes]]:
     for length in lengths:
         strings.append(data[pos : pos + length])
         pos += length
-    return Header("legacy", 0, None, float(lmb), int(height), int(width), lengths), strings
+    return Header("legacy", 0, None, float(lmb), int(height), int(width), lengths, num_latents=n), strings
 
 
 def parse(data: bytes) -> tuple[Header, list[bytes]]:

@@ -8,7 +8,6 @@ The model exposes one method per job: :meth:`QARV.forward` (training / evaluatio
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -17,8 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..codec import CompressionMixin
-from ..entropy import DiscreteGaussian, gaussian_bin_nll
+from ..coding.codec import CompressionMixin
+from ..coding.determinism import coding_arithmetic
+from ..coding.gaussian import DiscreteGaussian, gaussian_bin_nll
+from ..coding.latent import CodedLatent, decode_latent, encode_latent
 from ..layers import (
     ConvNeXtBlockAdaLN,
     DecoderStopMark,
@@ -31,11 +32,6 @@ from ..layers import (
 __all__ = ["QARVConfig", "LatentVariableBlock", "QARV"]
 
 LOG2_E = math.log2(math.e)
-# NOTE: oneDNN's 1×1 convolutions round differently with different CPU thread counts. A scale
-# that moves across a CDF-table boundary changes the bytes and makes a file undecodable, so
-# entropy coding on the CPU runs on this many threads (None: leave torch's setting alone).
-CODING_THREADS: int | None = 1
-MAX_SYMBOL = 2**20  # largest |round(q - μ)| the encoder accepts
 
 
 @dataclass(frozen=True)
@@ -145,7 +141,7 @@ class LatentVariableBlock(nn.Module):
             z = qm + torch.empty_like(qm).uniform_(-0.5, 0.5)
             nll = gaussian_bin_nll(z, pm, pv)
         else:
-            z, likelihood = self.discrete_gaussian(qm, scales=pv, means=pm, training=False)
+            z, likelihood = self.discrete_gaussian(qm, scales=pv, means=pm)
             nll = -torch.log(likelihood)
         return self.merge(f, z, emb), nll.flatten(1).sum(dim=1)
 
@@ -155,44 +151,15 @@ class LatentVariableBlock(nn.Module):
         return self.merge(f, pm + noise * temperature, emb)
 
     def encode(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor):
-        """Entropy-code the quantized posterior; return the feature and one string per image."""
+        """Entropy-code the quantized posterior; return the feature and one coded latent per image."""
         f, pm, pv = self.prior_params(f, emb)
         qm = self.posterior_mean(f, enc, emb)
-        dg = self.discrete_gaussian
-        symbols = torch.round(qm - pm)
-        # NOTE: CompressAI's range coder loops forever on NaN and on symbols near the int32 limit.
-        if not bool(torch.isfinite(symbols).all()) or bool((symbols.abs() > MAX_SYMBOL).any()):
-            raise ValueError(
-                "latent values are not finite or exceed the entropy coder's range; "
-                "the model's weights are probably broken (NaN or diverged)"
-            )
-        strings = dg.compress(qm, dg.build_indexes(pv), means=pm)
-        z = dg.quantize(qm, "dequantize", means=pm)
-        return self.merge(f, z, emb), strings
+        z, coded = encode_latent(qm, pm, pv)
+        return self.merge(f, z, emb), coded
 
-    def decode(self, f: torch.Tensor, strings: Sequence[bytes], emb: torch.Tensor) -> torch.Tensor:
+    def decode(self, f: torch.Tensor, coded: Sequence[CodedLatent], emb: torch.Tensor) -> torch.Tensor:
         f, pm, pv = self.prior_params(f, emb)
-        dg = self.discrete_gaussian
-        # NOTE: CompressAI's rANS decoder reads 32-bit words without bounds checks. A corrupted
-        # string would make it read past its end, so zeros are appended: enough for one word per
-        # symbol and its bypass header, plus the longest bypass run the string's bits can encode.
-        per_image = pm[0].numel()
-        padded = [bytes(s) + bytes(8 * per_image + 16 * len(s) + 64) for s in strings]
-        z = dg.decompress(padded, dg.build_indexes(pv), means=pm)
-        return self.merge(f, z, emb)
-
-
-@contextlib.contextmanager
-def _coding_threads(device: torch.device):
-    if CODING_THREADS is None or device.type != "cpu" or torch.get_num_threads() == CODING_THREADS:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(CODING_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return self.merge(f, decode_latent(coded, pm, pv), emb)
 
 
 class QARV(CompressionMixin, nn.Module):
@@ -392,7 +359,7 @@ class QARV(CompressionMixin, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with _coding_threads(im.device):  # the same arithmetic as decoding a file
+            with coding_arithmetic(im.device):  # the same arithmetic as decoding a file
                 out = self.forward(im, self.default_lmb if lmb is None else lmb)
         finally:
             self.train(was_training)
@@ -415,59 +382,66 @@ class QARV(CompressionMixin, nn.Module):
 
     # -- entropy coding ------------------------------------------------------------------------
     def compress_mode(self, enabled: bool = True) -> "QARV":
-        """Build (``True``) the CDF tables that the range coder needs; always rebuilt from scratch."""
+        """Fill (``True``) the entropy-coder buffers of the state dict with the canonical CDF tables.
+
+        Coding does not need it (the tables are package constants); it exists for checkpoints
+        that should carry the tables, as the authors' code expects.
+        """
         if enabled:
             for block in self.latent_blocks:
-                block.discrete_gaussian.update()
-        self._compress_ready = enabled
+                block.discrete_gaussian.fill_tables()
         return self
 
-    def _require_tables(self) -> None:
-        if not all(b.discrete_gaussian.ready for b in self.latent_blocks):
-            raise RuntimeError("entropy-coder tables are not built: call model.compress_mode(True) first")
+    @torch.no_grad()
+    def encode_latents(self, im: torch.Tensor, lmb: float | Sequence[float] | torch.Tensor):
+        """Entropy-code a batch whose sides are multiples of 64.
+
+        Returns one list per latent block (decoder order) of one :class:`CodedLatent` per image
+        (string and index-map check), and the latent grid size ``(H/64, W/64)``.
+        """
+        self._check_image(im)
+        n, _, h, w = im.shape
+        lmb_t = self.lmb_tensor(lmb, n)
+        coded: list[list[CodedLatent]] = []
+        grid = (h // self.max_stride, w // self.max_stride)
+        with coding_arithmetic(im.device):
+            emb = self.lmb_embedding(lmb_t)
+            feats = self.encode_features(self.preprocess(im), emb)
+
+            def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
+                f, c = block.encode(f, feats[block.enc_key], emb)
+                coded.append(c)
+                return f
+
+            self._run_decoder(self.top_feature(n, *grid), emb, latent, stop_at_mark=True)
+        return coded, grid
 
     @torch.no_grad()
     def compress_latents(self, im: torch.Tensor, lmb: float | Sequence[float] | torch.Tensor):
-        """Entropy-code a batch whose sides are multiples of 64.
-
-        Returns ``strings``, a list with one entry per latent block (decoder order), each a list
-        of one ``bytes`` per image, and the latent grid size ``(H/64, W/64)``.
-        """
-        self._check_image(im)
-        self._require_tables()
-        n, _, h, w = im.shape
-        lmb_t = self.lmb_tensor(lmb, n)
-        emb = self.lmb_embedding(lmb_t)
-        feats: dict[str, torch.Tensor] = {}
-        strings: list[list[bytes]] = []
-
-        def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
-            f, s = block.encode(f, feats[block.enc_key], emb)
-            strings.append(s)
-            return f
-
-        grid = (h // self.max_stride, w // self.max_stride)
-        with _coding_threads(im.device):
-            feats.update(self.encode_features(self.preprocess(im), emb))
-            self._run_decoder(self.top_feature(n, *grid), emb, latent, stop_at_mark=True)
-        return strings, grid
+        """Like :meth:`encode_latents`, returning only the strings (``strings[block][image]``)."""
+        coded, grid = self.encode_latents(im, lmb)
+        return [[c.string for c in block] for block in coded], grid
 
     @torch.no_grad()
     def decompress_latents(
         self,
-        strings: Sequence[Sequence[bytes]],
+        strings: Sequence[Sequence[bytes | CodedLatent]],
         lmb: float | Sequence[float] | torch.Tensor,
         latent_hw: tuple[int, int],
     ) -> torch.Tensor:
-        """Decode the strings of :meth:`compress_latents`; returns the raw decoder output x̂."""
-        self._require_tables()
+        """Decode the output of :meth:`encode_latents` or :meth:`compress_latents`; returns x̂.
+
+        Strings given as plain ``bytes`` carry no index-map check: each is verified by its
+        rANS end state instead (see :mod:`lvae.coding.portable`).
+        """
         blocks = self.latent_blocks
         if len(strings) != len(blocks):
             raise ValueError(f"expected {len(blocks)} latent strings, got {len(strings)}")
         n = len(strings[0])
+        coded = [[s if isinstance(s, CodedLatent) else CodedLatent(bytes(s)) for s in block] for block in strings]
         lmb_t = self.lmb_tensor(lmb, n)
-        emb = self.lmb_embedding(lmb_t)
-        queue = iter(strings)
+        queue = iter(coded)
         f = self.top_feature(n, *latent_hw)
-        with _coding_threads(f.device):
+        with coding_arithmetic(f.device):
+            emb = self.lmb_embedding(lmb_t)
             return self._run_decoder(f, emb, lambda b, f: b.decode(f, next(queue), emb))

@@ -1,0 +1,239 @@
+"""The discretized Gaussian of QARV's latents: likelihoods, CDF tables and CDF indexes.
+
+Each coded symbol ``round(z − μ)`` uses one of 64 quantized CDF tables, chosen by its prior
+scale σ: the tables are built for the scales ``exp(linspace(ln 0.11, ln 20, 64))`` and a symbol
+uses the first table whose scale is ≥ σ (σ clamped to ≥ 0.11), exactly as CompressAI's
+``GaussianConditional`` does — the QARV authors' files depend on that rule.
+
+The tables are constants: they are shipped with the package (``lvae/data/coding/``) rather
+than rebuilt with floating-point ``erfc`` on each machine, so every machine codes with the same
+tables by construction. :func:`build_cdf_tables` rebuilds them (the tests check the shipped
+copy against CompressAI's own construction).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .rans import CdfTables
+
+__all__ = [
+    "SCALE_MIN", "SCALE_MAX", "SCALE_LEVELS", "TAIL_MASS", "LIKELIHOOD_BOUND", "PRECISION",
+    "qarv_scale_table", "scale_thresholds", "GaussianTables", "gaussian_tables", "build_cdf_tables",
+    "DiscreteGaussian", "gaussian_bin_nll",
+]
+
+SCALE_MIN = 0.11
+SCALE_MAX = 20.0
+SCALE_LEVELS = 64
+TAIL_MASS = 1e-9
+LIKELIHOOD_BOUND = 1e-9
+PRECISION = 16
+TABLE_FILE = Path(__file__).resolve().parent.parent / "data" / "coding" / "gaussian_cdf_64.json"
+# SHA-256 of the canonical JSON of the tables (cdfs, lengths, offsets): checked at load.
+TABLE_SHA256 = "0e2a74fa14dbd48395578aa34634e0ecdabd1c461530b3a723084e848d9e74ee"
+
+
+def qarv_scale_table() -> list[float]:
+    """``exp(linspace(ln 0.11, ln 20, 64))`` in float64: the scales the CDF tables are built for.
+
+    NOTE: computed in float64 and only then rounded to float32; a float32 computation differs by
+    one ulp in 36 of the 64 entries, which moves the table boundaries and so changes the bytes.
+    """
+    step = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (SCALE_LEVELS - 1)
+    return [math.exp(math.log(SCALE_MIN) + i * step) for i in range(SCALE_LEVELS)]
+
+
+@functools.lru_cache(maxsize=None)
+def _thresholds_cpu() -> torch.Tensor:
+    return torch.tensor(qarv_scale_table(), dtype=torch.float32)
+
+
+def scale_thresholds(device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 64 table scales in float32 (the values σ is compared with), on ``device``."""
+    return _thresholds_cpu().to(device)
+
+
+@dataclass(frozen=True)
+class GaussianTables:
+    """The quantized CDF tables, as tensors (for the state dict) and as the coder's lists."""
+
+    quantized_cdf: torch.Tensor  # int32, 64 × max_length
+    cdf_length: torch.Tensor  # int32, 64
+    offset: torch.Tensor  # int32, 64
+    coder: CdfTables
+
+
+def _canonical_json(cdfs: list[list[int]], lengths: list[int], offsets: list[int]) -> bytes:
+    return json.dumps({"cdfs": cdfs, "lengths": lengths, "offsets": offsets}, separators=(",", ":")).encode()
+
+
+def build_cdf_tables() -> tuple[list[list[int]], list[int], list[int]]:
+    """Build the 64 tables the way CompressAI's ``GaussianConditional.update()`` does, on the CPU.
+
+    Returns ``(cdfs, lengths, offsets)``: row ``i`` of ``cdfs`` holds ``lengths[i]`` values (the
+    quantized CDF of ``pmf_length`` symbols, the tail mass, and the closing 2**16).
+    """
+    from scipy.stats import norm  # only needed to build the constants
+
+    from .rans import _load_cxx
+
+    pmf_to_quantized_cdf = _load_cxx().pmf_to_quantized_cdf
+    table = torch.tensor(qarv_scale_table(), dtype=torch.float32)
+    multiplier = -float(norm.ppf(TAIL_MASS / 2))
+    pmf_center = torch.ceil(table * multiplier).int()
+    pmf_length = 2 * pmf_center + 1
+    max_length = int(pmf_length.max())
+    samples = torch.abs(torch.arange(max_length).int() - pmf_center[:, None]).float()
+    scale = table.unsqueeze(1)
+
+    def cdf(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * torch.erfc(float(-(2**-0.5)) * x)
+
+    upper = cdf((0.5 - samples) / scale)
+    lower = cdf((-0.5 - samples) / scale)
+    pmf = upper - lower
+    tail = 2 * lower[:, :1]
+    cdfs = []
+    for i in range(SCALE_LEVELS):
+        prob = torch.cat((pmf[i, : int(pmf_length[i])], tail[i]))
+        cdfs.append([int(v) for v in pmf_to_quantized_cdf(prob.tolist(), PRECISION)])
+    lengths = [int(v) + 2 for v in pmf_length]
+    offsets = [-int(v) for v in pmf_center]
+    return cdfs, lengths, offsets
+
+
+def write_table_file(path: Path = TABLE_FILE) -> str:
+    """(Re)write the shipped table file; returns its SHA-256. Used once, when the file was made."""
+    cdfs, lengths, offsets = build_cdf_tables()
+    payload = _canonical_json(cdfs, lengths, offsets)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload + b"\n")
+    return hashlib.sha256(payload).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def gaussian_tables() -> GaussianTables:
+    """The shipped tables (checked against their SHA-256), converted once per process."""
+    raw = TABLE_FILE.read_bytes().strip()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != TABLE_SHA256:
+        raise RuntimeError(f"the CDF table file {TABLE_FILE} is damaged (SHA-256 {digest[:16]}…); reinstall lvae")
+    d = json.loads(raw)
+    cdfs, lengths, offsets = d["cdfs"], d["lengths"], d["offsets"]
+    width = max(len(c) for c in cdfs)
+    quantized = torch.zeros(len(cdfs), width, dtype=torch.int32)
+    for i, c in enumerate(cdfs):
+        quantized[i, : len(c)] = torch.tensor(c, dtype=torch.int32)
+    return GaussianTables(
+        quantized_cdf=quantized,
+        cdf_length=torch.tensor(lengths, dtype=torch.int32),
+        offset=torch.tensor(offsets, dtype=torch.int32),
+        coder=CdfTables(cdfs, lengths, offsets),
+    )
+
+
+class _Bound(nn.Module):
+    """Holds one ``bound`` buffer: the published state dict has these two entries per latent."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.register_buffer("bound", torch.tensor([float(value)]))
+
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.erfc(-_INV_SQRT2 * x)
+
+
+class DiscreteGaussian(nn.Module):
+    """Entropy model of one latent: discretized Gaussian likelihood and CDF indexes.
+
+    Its state-dict entries are those of CompressAI's ``GaussianConditional`` in the published
+    checkpoint: the three table buffers (empty or filled: they are derived data, filled by
+    :meth:`fill_tables` for checkpoints that want them, never read for coding) and two bounds.
+    """
+
+    _TABLE_BUFFERS = ("_offset", "_quantized_cdf", "_cdf_length")
+
+    def __init__(self):
+        super().__init__()
+        for name in self._TABLE_BUFFERS:
+            self.register_buffer(name, torch.zeros(0, dtype=torch.int32))
+        self.likelihood_lower_bound = _Bound(LIKELIHOOD_BOUND)
+        self.lower_bound_scale = _Bound(SCALE_MIN)
+
+    def fill_tables(self) -> None:
+        """Copy the canonical tables into the state-dict buffers (for checkpoints that carry them)."""
+        t = gaussian_tables()
+        device = self.lower_bound_scale.bound.device
+        self._quantized_cdf = t.quantized_cdf.to(device)
+        self._cdf_length = t.cdf_length.to(device)
+        self._offset = t.offset.to(device)
+
+    @property
+    def ready(self) -> bool:
+        """True when the table buffers are filled (they are not needed for coding)."""
+        return self._quantized_cdf.numel() > 0
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # NOTE: the buffers take whatever size the loaded state dict has (empty or filled).
+        for name in self._TABLE_BUFFERS:
+            key = prefix + name
+            if key in state_dict and torch.is_tensor(state_dict[key]):
+                current = getattr(self, name)
+                self._buffers[name] = torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    @staticmethod
+    def quantize(z: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """``round(z − μ) + μ``: the value the decoder reconstructs."""
+        return torch.round(z - means) + means
+
+    def likelihood(self, z_hat: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """Probability of the unit bin around ``z_hat`` (what CompressAI's layer computes)."""
+        v = torch.abs(z_hat - means)
+        s = torch.max(scales, self.lower_bound_scale.bound)
+        p = _std_normal_cdf((0.5 - v) / s) - _std_normal_cdf((-0.5 - v) / s)
+        return torch.max(p, self.likelihood_lower_bound.bound)
+
+    def forward(self, z: torch.Tensor, scales: torch.Tensor, means: torch.Tensor):
+        """Evaluation mode: the rounded latent and its likelihood."""
+        z_hat = self.quantize(z, means)
+        return z_hat, self.likelihood(z_hat, means, scales)
+
+    @staticmethod
+    def indexes(scales: torch.Tensor) -> torch.Tensor:
+        """CDF index of each scale: the number of table scales strictly below ``max(σ, 0.11)``.
+
+        Float32 comparisons only (no arithmetic), so equal scales give equal indexes on every device.
+        """
+        t = scale_thresholds(scales.device)
+        s = torch.clamp_min(scales.float(), t[0])
+        return torch.searchsorted(t[:-1].contiguous(), s.contiguous(), right=False).to(torch.int32)
+
+
+def gaussian_bin_nll(z: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Negative log-probability (nats, elementwise) of the unit-width bin around ``z`` (training).
+
+    ``P = Φ((z+½−μ)/σ) − Φ((z−½−μ)/σ)``; where ``P ≤ 1e-6`` the Gaussian log-density at ``z``
+    is used instead (its bin width is 1), which keeps gradients alive far in the tails.
+    """
+    v = torch.abs(z - mean)
+    upper = _std_normal_cdf((0.5 - v) / scale)
+    lower = _std_normal_cdf((-0.5 - v) / scale)
+    prob = upper - lower
+    log_bin = torch.log(torch.clamp(prob, min=1e-8))
+    log_density = -0.5 * (v / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+    return -torch.where(prob > 1e-6, log_bin, log_density)
