@@ -19,7 +19,12 @@ __all__ = ["coding_arithmetic"]
 @contextlib.contextmanager
 def coding_arithmetic(device: torch.device | str) -> Iterator[None]:
     device = torch.device(device)
-    precision = torch.get_float32_matmul_precision()
+    try:
+        precision: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        # torch ≥ 2.9 refuses to answer once the caller mixed the legacy TF32 flags with the new
+        # per-backend API; the legacy flags below still pin CUDA, and the CPU's default is float32.
+        precision = None
     cuda_state = None
     if device.type == "cuda":
         cudnn = torch.backends.cudnn
@@ -28,11 +33,13 @@ def coding_arithmetic(device: torch.device | str) -> Iterator[None]:
         cudnn.allow_tf32 = False
         cudnn.deterministic = True
         cudnn.benchmark = False
-    torch.set_float32_matmul_precision("highest")
+    if precision is not None and precision != "highest":
+        torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(precision)
+        if precision is not None and precision != "highest":
+            torch.set_float32_matmul_precision(precision)
         if cuda_state is not None:
             cudnn = torch.backends.cudnn
             (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark) = cuda_state
