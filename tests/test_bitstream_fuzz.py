@@ -35,6 +35,7 @@ def seeds(model):
         files.append(model.compress(im, lmb=lmb, format="legacy"))
         header, strings = bitstream.unpack(files[-2])
         files.append(bitstream.pack("qarv_tiny", header.lmb, *hw, strings, version=1))
+        files.append(bitstream.truncate(files[-3], 2))  # a prefix of the version-2 file
     return files
 
 

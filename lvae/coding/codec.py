@@ -258,13 +258,24 @@ class CompressionMixin:
 
     @torch.no_grad()
     def decompress(
-        self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, ignore_weights_mismatch: bool = False
+        self,
+        data: bytes,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        *,
+        num_latents: int | None = None,
+        ignore_weights_mismatch: bool = False,
     ) -> torch.Tensor:
         """Decode a file's bytes (lvae container or the authors' layout) to 1×3×H×W in [0, 1].
 
+        ``num_latents=k`` decodes only the first ``k`` latent strings (0 ≤ k ≤ the strings the
+        file holds); the deeper latents take their prior mean, a coarser image. The default
+        decodes every string the file holds (all of them, unless it was cut by
+        :func:`lvae.bitstream.truncate`).
+
         Raises :class:`lvae.errors.BitstreamError` for a damaged, foreign or other-model file, for
         a file made with other weights (unless ``ignore_weights_mismatch``), and for a header
-        claiming more than ``max_pixels`` pixels.
+        claiming more than ``max_pixels`` pixels; ``ValueError`` for a ``num_latents`` the file
+        cannot give.
         """
         header, strings = bitstream.parse(data)
         if header.model_name is not None and header.model_name != self.name:
@@ -282,8 +293,15 @@ class CompressionMixin:
                 )
         n_blocks = len(self.latent_blocks)
         total = header.num_latents if header.num_latents is not None else len(strings)
-        if total != n_blocks or len(strings) != n_blocks:
-            raise BitstreamError(f"the file holds {len(strings)} of {total} latent strings; this model needs {n_blocks}")
+        if total != n_blocks:
+            raise BitstreamError(f"the file holds strings of {total} latent blocks; this model has {n_blocks}")
+        if num_latents is not None:
+            if isinstance(num_latents, bool) or int(num_latents) != num_latents or not 0 <= num_latents <= len(strings):
+                raise ValueError(
+                    f"num_latents must be an integer from 0 to {len(strings)} (the strings this file holds), "
+                    f"got {num_latents!r}"
+                )
+            strings = strings[: int(num_latents)]
         lo, hi = self.lmb_range
         if not lo * (1 - 1e-6) <= header.lmb <= hi * (1 + 1e-6):
             raise BitstreamError(f"λ={header.lmb:g} in the file is outside this model's range [{lo:g}, {hi:g}]")
@@ -291,7 +309,7 @@ class CompressionMixin:
             raise BitstreamError(
                 f"the header claims a {header.height}×{header.width} image, more than max_pixels={max_pixels}"
             )
-        checks = header.checks if header.checks is not None else [None] * len(strings)
+        checks = header.checks[: len(strings)] if header.checks is not None else [None] * len(strings)
         coded = [[CodedLatent(s, c)] for s, c in zip(strings, checks)]
         s = self.max_stride
         grid = (-(-header.height // s), -(-header.width // s))

@@ -20,7 +20,7 @@ from ..errors import BitstreamError
 
 __all__ = [
     "Header", "MAGIC", "VERSION", "VERSIONS", "COLOURS", "pack", "unpack", "pack_legacy", "unpack_legacy",
-    "read_header", "parse",
+    "read_header", "parse", "truncate",
 ]
 
 MAGIC = b"LVAE"
@@ -369,3 +369,25 @@ def parse(data: bytes) -> tuple[Header, list[bytes]]:
 def read_header(data: bytes) -> Header:
     """The header of a coded file of either layout (validated as by :func:`parse`)."""
     return parse(data)[0]
+
+
+def truncate(data: bytes, num_latents: int) -> bytes:
+    """A valid, smaller file holding the first ``num_latents`` latent strings of ``data``.
+
+    Decoding it gives what ``model.decompress(data, num_latents=k)`` gives, bit for bit. lvae
+    files of version 2 keep their checks, fingerprint and colour type; version 1 files become
+    version 2 files without checks. The authors' layout cannot say that strings are missing, so
+    it cannot be truncated (BitstreamError).
+    """
+    header, strings = parse(data)
+    if header.format != "lvae":
+        raise BitstreamError("the authors' QARV layout cannot be truncated (it has no field for missing strings); "
+                             "re-encode the image in the lvae format")
+    if isinstance(num_latents, bool) or int(num_latents) != num_latents or not 0 <= num_latents <= len(strings):
+        raise ValueError(f"num_latents must be an integer from 0 to {len(strings)}, got {num_latents!r}")
+    k = int(num_latents)
+    return pack(
+        header.model_name, header.lmb, header.height, header.width, strings[:k],
+        checks=header.checks[:k] if header.checks is not None else None, fingerprint=header.fingerprint,
+        colour=header.colour, num_latents=header.num_latents,
+    )

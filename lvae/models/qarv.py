@@ -117,13 +117,13 @@ class LatentVariableBlock(nn.Module):
     def prior_params(self, f: torch.Tensor, emb: torch.Tensor):
         """Run ``resnet_front``; return the new feature, prior mean and prior scale (> 0.1)."""
         f = self.resnet_front(f, emb)
-        pm, t = self.prior(f).chunk(2, dim=1)
+        pm, t = self.prior(f).contiguous().chunk(2, dim=1)  # NCHW: the coder reads these
         pv = torch.exp(F.softplus(t + 2.3) - 2.3)
-        return f, pm, pv
+        return f, pm.contiguous(), pv
 
     def posterior_mean(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         merged = torch.cat([self.posterior1(f, emb), self.posterior0(enc, emb)], dim=1)
-        return self.posterior(self.posterior2(self.post_merge(merged), emb))
+        return self.posterior(self.posterior2(self.post_merge(merged), emb)).contiguous()
 
     def merge(self, f: torch.Tensor, z: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.resnet_end(f + self.z_proj(z), emb)
@@ -150,12 +150,21 @@ class LatentVariableBlock(nn.Module):
         noise = torch.randn_like(pm) * pv + torch.empty_like(pm).uniform_(-0.5, 0.5)
         return self.merge(f, pm + noise * temperature, emb)
 
-    def encode(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor):
-        """Entropy-code the quantized posterior; return the feature and one coded latent per image."""
+    def predict(self, f: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The latent's value left to the prior: its mean (progressive decoding of a prefix)."""
+        f, pm, _ = self.prior_params(f, emb)
+        return self.merge(f, pm, emb)
+
+    def encode(self, f: torch.Tensor, enc: torch.Tensor, emb: torch.Tensor, merge: bool = True):
+        """Entropy-code the quantized posterior; return the feature and one coded latent per image.
+
+        ``merge=False`` skips ``resnet_end`` (the returned feature is then the prior's) for the
+        last block, whose merged feature encoding does not need.
+        """
         f, pm, pv = self.prior_params(f, emb)
         qm = self.posterior_mean(f, enc, emb)
         z, coded = encode_latent(qm, pm, pv)
-        return self.merge(f, z, emb), coded
+        return (self.merge(f, z, emb) if merge else f), coded
 
     def decode(self, f: torch.Tensor, coded: Sequence[CodedLatent], emb: torch.Tensor) -> torch.Tensor:
         f, pm, pv = self.prior_params(f, emb)
@@ -285,6 +294,7 @@ class QARV(CompressionMixin, nn.Module):
     # -- networks ----------------------------------------------------------------------------
     def encode_features(self, x: torch.Tensor, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         feats: dict[str, torch.Tensor] = {}
+        x = x.contiguous(memory_format=torch.channels_last)  # the network runs channels-last
         for block in self.encoder.enc_blocks:
             if isinstance(block, FeatureMark):
                 feats[block.key] = x
@@ -296,7 +306,7 @@ class QARV(CompressionMixin, nn.Module):
 
     def top_feature(self, n: int, h: int, w: int) -> torch.Tensor:
         """The decoder's input: the learned ``bias`` repeated over an ``h``×``w`` latent grid."""
-        return self.bias.expand(n, -1, h, w)
+        return self.bias.expand(n, -1, h, w).contiguous(memory_format=torch.channels_last)
 
     def _run_decoder(self, f: torch.Tensor, emb: torch.Tensor, latent_fn, stop_at_mark: bool = False):
         for block in self.dec_blocks:
@@ -309,7 +319,7 @@ class QARV(CompressionMixin, nn.Module):
                 f = block(f, emb)
             else:
                 f = block(f)
-        return f
+        return f.contiguous()
 
     # -- training / evaluation ---------------------------------------------------------------
     def forward(self, im: torch.Tensor, lmb: float | Sequence[float] | torch.Tensor | None = None) -> dict:
@@ -404,12 +414,13 @@ class QARV(CompressionMixin, nn.Module):
         lmb_t = self.lmb_tensor(lmb, n)
         coded: list[list[CodedLatent]] = []
         grid = (h // self.max_stride, w // self.max_stride)
+        last = self.latent_blocks[-1]  # encoding stops at the DecoderStopMark right after it
         with coding_arithmetic(im.device):
             emb = self.lmb_embedding(lmb_t)
             feats = self.encode_features(self.preprocess(im), emb)
 
             def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
-                f, c = block.encode(f, feats[block.enc_key], emb)
+                f, c = block.encode(f, feats[block.enc_key], emb, merge=block is not last)
                 coded.append(c)
                 return f
 
@@ -428,20 +439,28 @@ class QARV(CompressionMixin, nn.Module):
         strings: Sequence[Sequence[bytes | CodedLatent]],
         lmb: float | Sequence[float] | torch.Tensor,
         latent_hw: tuple[int, int],
+        batch: int = 1,
     ) -> torch.Tensor:
         """Decode the output of :meth:`encode_latents` or :meth:`compress_latents`; returns x̂.
 
         Strings given as plain ``bytes`` carry no index-map check: each is verified by its
-        rANS end state instead (see :mod:`lvae.coding.portable`).
+        rANS end state instead (see :mod:`lvae.coding.portable`). Fewer strings than latent
+        blocks (a prefix, in decoder order) decode progressively: the deeper latents take their
+        prior mean. ``batch`` is the number of images when no string is given.
         """
         blocks = self.latent_blocks
-        if len(strings) != len(blocks):
-            raise ValueError(f"expected {len(blocks)} latent strings, got {len(strings)}")
-        n = len(strings[0])
+        if len(strings) > len(blocks):
+            raise ValueError(f"expected at most {len(blocks)} latent strings, got {len(strings)}")
+        n = len(strings[0]) if strings else batch
         coded = [[s if isinstance(s, CodedLatent) else CodedLatent(bytes(s)) for s in block] for block in strings]
         lmb_t = self.lmb_tensor(lmb, n)
         queue = iter(coded)
+
+        def latent(block: LatentVariableBlock, f: torch.Tensor) -> torch.Tensor:
+            given = next(queue, None)
+            return block.predict(f, emb) if given is None else block.decode(f, given, emb)
+
         f = self.top_feature(n, *latent_hw)
         with coding_arithmetic(f.device):
             emb = self.lmb_embedding(lmb_t)
-            return self._run_decoder(f, emb, lambda b, f: b.decode(f, next(queue), emb))
+            return self._run_decoder(f, emb, latent)
