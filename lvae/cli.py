@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
-from .bitstream import read_header
+from .bitstream import read_header, truncate
 from .errors import BitstreamError, LvaeError, WeightsUnavailableError
 from .registry import get_model, list_models, model_weights
 
@@ -60,6 +60,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
     return value
 
 
@@ -144,7 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("files", nargs="+", metavar="FILE")
     _add_output_options(d, ".png")
+    prefix = d.add_mutually_exclusive_group()
+    prefix.add_argument("--latents", type=_nonnegative_int, metavar="K",
+                        help="decode only the first K latent strings (coarse to fine): a coarser image")
+    prefix.add_argument("--progressive", action="store_true",
+                        help="write one PNG per prefix: <output stem>-k<K>.png for K = 0 ... the strings held")
     _add_model_options(d, "refuse files not made by this model (default: the model the file names)")
+
+    t = sub.add_parser(
+        "truncate",
+        help="cut a .lvae file to its first latent strings (a smaller file of a coarser image)",
+        description="Write a smaller, valid file holding the first K latent strings of FILE "
+        "(decoded, it gives `decompress --latents K` of the whole file, bit for bit).",
+    )
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("-o", "--output", metavar="OUT", required=True, help="output file")
+    t.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    size = t.add_mutually_exclusive_group(required=True)
+    size.add_argument("--latents", type=_nonnegative_int, metavar="K", help="keep the first K latent strings")
+    size.add_argument("--bytes", type=_positive_int, metavar="N", help="keep the longest prefix whose file fits N bytes")
 
     i = sub.add_parser("info", help="describe coded files (model, λ, size, bytes per latent)")
     i.add_argument("files", nargs="+", metavar="FILE")
@@ -320,13 +348,63 @@ def _decompress(args: argparse.Namespace) -> int:
         made_by = header.model_name or LEGACY_MODEL
         if args.model is not None and args.model != made_by:
             raise BitstreamError(f"made by model {made_by!r}, not by {args.model!r}")
-        img = models.get(made_by).decompress(data)
+        model = models.get(made_by)
+        pixels = header.height * header.width
+        if args.progressive:
+            if header.format != "lvae":
+                raise BitstreamError("the authors' layout cannot be decoded progressively; it holds no prefixes")
+            lines = []
+            for k in range(header.num_strings + 1):
+                path = out.with_name(f"{out.stem}-k{k}{out.suffix}")
+                if path.exists() and not args.force:
+                    raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
+                prefix_bytes = len(truncate(data, k))
+                save_image(model.decompress(data, num_latents=k), path)
+                lines.append(f"{src} -> {path}: {k} of {header.num_latents} latents, {prefix_bytes} bytes, "
+                             f"{8 * prefix_bytes / pixels:.4f} bpp")
+            outputs.done(out)
+            return "\n".join(lines)
+        img = model.decompress(data, num_latents=args.latents)
         save_image(img, out)
         outputs.done(out)
-        bpp = 8 * len(data) / (header.height * header.width)
-        return f"{src} -> {out}: {len(data)} bytes, {bpp:.4f} bpp, {header.width}x{header.height}"
+        used = len(data) if args.latents is None else len(truncate(data, args.latents))
+        latents = "" if args.latents is None else f", {args.latents} of {header.num_latents} latents"
+        return f"{src} -> {out}: {used} bytes, {8 * used / pixels:.4f} bpp, {header.width}x{header.height}{latents}"
 
     return _run_files(args.files, "decompress", job)
+
+
+def _truncate(args: argparse.Namespace) -> int:
+    from .io import atomic_write_bytes
+
+    src, out = Path(args.file), Path(args.output)
+    try:
+        _check_input(src)
+        if out.exists() and _same_file(out, src):
+            raise FileExistsError(f"the output {out} would overwrite the input; choose another with -o")
+        if out.exists() and not args.force:
+            raise FileExistsError(f"the output {out} exists; pass --force to overwrite it")
+        data = src.read_bytes()
+        header = read_header(data)
+        if args.latents is not None:
+            k = args.latents
+            if k > header.num_strings:
+                raise ValueError(f"the file holds {header.num_strings} latent strings; cannot keep {k}")
+            cut = truncate(data, k)
+        else:
+            fitting = [c for c in (truncate(data, k) for k in range(header.num_strings + 1)) if len(c) <= args.bytes]
+            if not fitting:
+                raise ValueError(f"impossible budget: even 0 latent strings take {len(truncate(data, 0))} bytes "
+                                 f"(the header), over {args.bytes}")
+            cut = fitting[-1]
+        atomic_write_bytes(out, cut)
+    except Exception as exc:  # noqa: BLE001
+        _report_error(src, exc)
+        return EXIT_FAILED
+    k = read_header(cut).num_strings
+    print(f"{src} -> {out}: {k} of {header.num_latents} latents, {len(cut)} bytes, "
+          f"{8 * len(cut) / (header.width * header.height):.4f} bpp")
+    return EXIT_OK
 
 
 def _describe(src: Path) -> str:
@@ -343,8 +421,17 @@ def _describe(src: Path) -> str:
         ("size", f"{h.width}x{h.height} (width x height)"),
         ("bytes", f"{len(data)} ({8 * len(data) / (h.width * h.height):.4f} bpp)"),
         ("header", f"{len(data) - sum(lengths)} bytes"),
-        ("latents", f"{len(lengths)} blocks, {sum(lengths)} bytes: " + " ".join(map(str, lengths))),
+        ("latents", f"{len(lengths)} of {h.num_latents or len(lengths)} blocks, {sum(lengths)} bytes: "
+         + " ".join(map(str, lengths))),
     ]
+    if h.format == "lvae":
+        pixels = h.width * h.height
+        sizes = [len(truncate(data, k)) for k in range(len(lengths) + 1)]
+        rows.append(("prefixes", "  ".join(f"k={k}: {b} B {8 * b / pixels:.4f} bpp" for k, b in enumerate(sizes))))
+    if h.fingerprint is not None:
+        rows.append(("weights", f"fingerprint {h.fingerprint.hex()}"))
+    if h.checks is not None:
+        rows.append(("checks", "one 32-bit index-map check per string (decodes on any machine)"))
     return "\n".join(f"{k + ':':<9} {v}" for k, v in rows)
 
 
@@ -412,7 +499,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-COMMANDS = {"compress": _compress, "decompress": _decompress, "info": _info, "models": _models}
+COMMANDS = {"compress": _compress, "decompress": _decompress, "truncate": _truncate, "info": _info, "models": _models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -425,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _delegate(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "output", None) and len(getattr(args, "images", None) or args.files) > 1:
+    inputs = getattr(args, "images", None) or getattr(args, "files", None) or []
+    if getattr(args, "output", None) and len(inputs) > 1:
         parser.error("-o/--output takes a single input; use --out-dir for several")
     if args.command == "compress" and args.format == "legacy" and _compress_model(args) != LEGACY_MODEL:
         parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")

@@ -341,3 +341,48 @@ def test_eval_and_plot_unavailable(command, module, monkeypatch, capsys):
     assert cli.main([command, "--help"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"lvae: error: 'lvae {command}' is not available: cannot load {module}.main")
+
+
+# -- progressive decoding ------------------------------------------------------------------------
+def test_truncate_and_progressive_decoding(work, coded, tmp_path):
+    src = coded[1] / "a.lvae"
+    n = read_header(src.read_bytes()).num_strings
+    proc = run(work, "truncate", src, "-o", tmp_path / "a2.lvae", "--latents", 2)
+    assert proc.returncode == 0 and "2 of 4 latents" in proc.stdout, proc.stderr
+    cut = (tmp_path / "a2.lvae").read_bytes()
+    assert read_header(cut).num_strings == 2
+    proc = run(work, "truncate", src, "-o", tmp_path / "fit.lvae", "--bytes", len(cut))
+    assert proc.returncode == 0 and (tmp_path / "fit.lvae").read_bytes() == cut
+    # the same image: decoded from the cut file, and from the whole file with --latents 2
+    assert run(work, "decompress", tmp_path / "a2.lvae", "-o", tmp_path / "cut.png", *with_weights(work)).returncode == 0
+    proc = run(work, "decompress", src, "--latents", 2, "-o", tmp_path / "two.png", *with_weights(work))
+    assert proc.returncode == 0 and "2 of 4 latents" in proc.stdout
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cut.png")), np.asarray(Image.open(tmp_path / "two.png")))
+    proc = run(work, "decompress", src, "--progressive", "-o", tmp_path / "p.png", *with_weights(work))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("p-k*.png")) == [f"p-k{k}.png" for k in range(n + 1)]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p-k2.png")), np.asarray(Image.open(tmp_path / "two.png")))
+    info = run(work, "info", src).stdout
+    assert "prefixes: k=0:" in info and f"k={n}: {src.stat().st_size} B" in info
+
+
+def test_truncate_errors(work, coded, tmp_path):
+    src = coded[1] / "a.lvae"
+    existing = tmp_path / "kept.lvae"
+    existing.write_bytes(b"precious")
+    cases = [
+        (["--bytes", 10], "impossible budget"),
+        (["--latents", 9], "holds 4 latent strings"),
+    ]
+    for extra, message in cases:
+        proc = run(work, "truncate", src, "-o", tmp_path / "x.lvae", *extra)
+        assert proc.returncode == 1 and message in error_lines(proc)[0]
+    proc = run(work, "truncate", src, "-o", existing, "--latents", 1)
+    assert proc.returncode == 1 and "--force" in error_lines(proc)[0] and existing.read_bytes() == b"precious"
+    legacy = tmp_path / "l.bits"
+    legacy.write_bytes((DATA / "legacy_lmb16.bits").read_bytes())
+    proc = run(work, "truncate", legacy, "-o", tmp_path / "y.lvae", "--latents", 1)
+    assert proc.returncode == 1 and "cannot be truncated" in error_lines(proc)[0]
+    proc = run(work, "truncate", src, "-o", tmp_path / "z.lvae", "--latents", -1)
+    assert proc.returncode == 2
+    assert not (tmp_path / "x.lvae").exists() and not (tmp_path / "y.lvae").exists()
