@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decode only the first K latent strings (coarse to fine): a coarser image")
     prefix.add_argument("--progressive", action="store_true",
                         help="write one PNG per prefix: <output stem>-k<K>.png for K = 0 ... the strings held")
+    d.add_argument("--figure", metavar="PNG", help="with --progressive: also draw every prefix, with its bpp, in one figure")
     _add_model_options(d, "refuse files not made by this model (default: the model the file names)")
 
     t = sub.add_parser(
@@ -353,16 +354,27 @@ def _decompress(args: argparse.Namespace) -> int:
         if args.progressive:
             if header.format != "lvae":
                 raise BitstreamError("the authors' layout cannot be decoded progressively; it holds no prefixes")
-            lines = []
+            lines, shown, labels = [], [], []
             for k in range(header.num_strings + 1):
                 path = out.with_name(f"{out.stem}-k{k}{out.suffix}")
                 if path.exists() and not args.force:
                     raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
                 prefix_bytes = len(truncate(data, k))
-                save_image(model.decompress(data, num_latents=k), path)
+                img = model.decompress(data, num_latents=k)
+                save_image(img, path)
+                if args.figure:
+                    from .io import tensor_to_image
+
+                    shown.append(tensor_to_image(img))
+                    labels.append(f"{k} of {header.num_latents} latents: {8 * prefix_bytes / pixels:.4f} bpp")
                 lines.append(f"{src} -> {path}: {k} of {header.num_latents} latents, {prefix_bytes} bytes, "
                              f"{8 * prefix_bytes / pixels:.4f} bpp")
             outputs.done(out)
+            if args.figure:
+                from .plot import plot_progressive
+
+                plot_progressive(shown, labels, args.figure, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
+                lines.append(f"{src} -> {args.figure}: figure of the {len(shown)} prefixes")
             return "\n".join(lines)
         img = model.decompress(data, num_latents=args.latents)
         save_image(img, out)
@@ -515,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = getattr(args, "images", None) or getattr(args, "files", None) or []
     if getattr(args, "output", None) and len(inputs) > 1:
         parser.error("-o/--output takes a single input; use --out-dir for several")
+    if getattr(args, "figure", None) and not args.progressive:
+        parser.error("--figure draws the prefixes of --progressive; give both")
+    if getattr(args, "figure", None) and len(inputs) > 1:
+        parser.error("--figure takes a single input")
     if args.command == "compress" and args.format == "legacy" and _compress_model(args) != LEGACY_MODEL:
         parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")
     device = getattr(args, "device", None)

@@ -113,6 +113,36 @@ def plot_rd(
     return output
 
 
+def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str | os.PathLike, *,
+                     columns: int = 4, title: str | None = None, dpi: int = 80) -> Path:
+    """Write the images of a progressive decode (Pillow images or H×W×3 arrays) in a grid, each
+    with its label underneath (e.g. ``k = 3: 0.0196 bpp``), as a PNG at ``output``."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    if not images or len(images) != len(labels):
+        raise ValueError("give one label per image, and at least one image")
+    arrays = [np.asarray(im) for im in images]
+    h, w = arrays[0].shape[:2]
+    columns = max(1, min(columns, len(arrays)))
+    rows = -(-len(arrays) // columns)
+    panel = 3.2
+    fig = Figure(figsize=(columns * panel, rows * panel * h / w + 0.35 * rows + (0.4 if title else 0)))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, arr, label in zip(axes.flat, arrays, labels):
+        ax.imshow(arr)
+        ax.set_title(label, y=-0.13, fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=dpi, format="png")
+    return output
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command line of ``lvae plot``: ``lvae plot results/*.json -o rd.png``; returns the exit status."""
     p = OneLineArgumentParser(prog=prog, description="Plot PSNR against bpp for result JSONs, with the published anchor curves.")

@@ -358,8 +358,10 @@ def test_truncate_and_progressive_decoding(work, coded, tmp_path):
     proc = run(work, "decompress", src, "--latents", 2, "-o", tmp_path / "two.png", *with_weights(work))
     assert proc.returncode == 0 and "2 of 4 latents" in proc.stdout
     assert np.array_equal(np.asarray(Image.open(tmp_path / "cut.png")), np.asarray(Image.open(tmp_path / "two.png")))
-    proc = run(work, "decompress", src, "--progressive", "-o", tmp_path / "p.png", *with_weights(work))
+    proc = run(work, "decompress", src, "--progressive", "-o", tmp_path / "p.png", "--figure", tmp_path / "fig.png",
+               *with_weights(work))
     assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "fig.png").format == "PNG"
     assert sorted(p.name for p in tmp_path.glob("p-k*.png")) == [f"p-k{k}.png" for k in range(n + 1)]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "p-k2.png")), np.asarray(Image.open(tmp_path / "two.png")))
     info = run(work, "info", src).stdout
@@ -385,4 +387,6 @@ def test_truncate_errors(work, coded, tmp_path):
     assert proc.returncode == 1 and "cannot be truncated" in error_lines(proc)[0]
     proc = run(work, "truncate", src, "-o", tmp_path / "z.lvae", "--latents", -1)
     assert proc.returncode == 2
+    proc = run(work, "decompress", src, "--figure", tmp_path / "f.png", *with_weights(work))
+    assert proc.returncode == 2 and "--progressive" in proc.stderr
     assert not (tmp_path / "x.lvae").exists() and not (tmp_path / "y.lvae").exists()
