@@ -2,6 +2,7 @@
 
     python benchmarks/coding.py [IMAGE] [--repeats 5] [--lmb 181] [--ratio-lmbs 16,181,2048]
                                 [--device cpu|cuda] [--json OUT.json]
+    python benchmarks/coding.py [IMAGE] --compare REV [--repeats 5] [--lmb 181]
 
 The model has the fixed reference weights of :mod:`lvae.testing` (no download needed), so its
 rates are not those of the published model; the timings are. Without IMAGE a smooth random
@@ -9,8 +10,16 @@ rates are not those of the published model; the timings are. Without IMAGE a smo
 on the CPU and, when present, on CUDA (``--device`` picks one). ``encode`` is ``model.compress``, ``decode`` is
 ``model.decompress``, ``forward`` is the eval-mode forward pass that estimates the rate.
 ``file/est`` compares the real file's bits (header included) with the model's estimate
-``bpp × H × W``. ``--json`` also writes both tables to a file. NOTE: on the CPU, lvae entropy-codes on ``lvae.models.qarv.CODING_THREADS``
-threads (bit-exact priors whatever the machine), while ``forward`` uses torch's thread count.
+``bpp × H × W``. ``--json`` also writes both tables to a file. All three use torch's thread count (older
+trees coded on ``lvae.models.qarv.CODING_THREADS`` threads; the machine line shows it when set).
+
+``--compare REV`` (CPU) times ``encode`` and ``decode`` of this tree against the ``lvae`` package of
+git revision REV (``git archive`` into a temporary folder; a folder holding an ``lvae`` package
+works too). Each variant runs in its own subprocess with ``PYTHONPATH`` at its tree; the
+subprocesses take turns call by call (old, new, old, new, ...) so that a machine whose load changes
+affects all alike. Printed: medians, min/max and the speed-up ``old median / new median``. When
+REV's ``lvae.models.qarv`` has ``CODING_THREADS`` (coding pinned to one CPU thread), REV is timed
+as it is and with ``CODING_THREADS = None`` (all threads), separating the thread gain from the rest.
 """
 from __future__ import annotations
 
@@ -21,8 +30,12 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -203,6 +216,122 @@ def bits_ratios(model, im, lmbs: list[float]) -> list[tuple]:
     return rows
 
 
+# -- old vs new ------------------------------------------------------------------------------------------
+WORKER_TAG = "@@lvae-bench "
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(image: str | None, lmb: float | None, all_coding_threads: bool) -> int:
+    """Subprocess side of --compare: warm up, then time one op per line read from stdin."""
+    from lvae.models import qarv
+
+    coding = getattr(qarv, "CODING_THREADS", "absent")
+    if all_coding_threads:
+        qarv.CODING_THREADS = None
+    im, _ = load_input(image)
+    model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    lmb = model.default_lmb if lmb is None else lmb
+    data = model.compress(im, lmb)  # warm-up
+    model.decompress(data)
+    ops = {"encode": lambda: model.compress(im, lmb), "decode": lambda: model.decompress(data)}
+    print(f"{WORKER_TAG}ready {Path(lvae.__file__).parent} CODING_THREADS={coding}"
+          f"{' -> None' if all_coding_threads else ''} threads={torch.get_num_threads()} bytes={len(data)}", flush=True)
+    for line in sys.stdin:
+        op = line.strip()
+        if not op:
+            break
+        t0 = time.perf_counter()
+        ops[op]()
+        print(f"{WORKER_TAG}{time.perf_counter() - t0:.6f}", flush=True)
+    return 0
+
+
+class Worker:
+    def __init__(self, label: str, pythonpath: Path, args: list[str]):
+        self.label = label
+        env = dict(os.environ, PYTHONPATH=str(pythonpath))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._reply()
+
+    def _reply(self) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(WORKER_TAG):
+                return line[len(WORKER_TAG):].strip()
+        raise SystemExit(f"benchmark subprocess for {self.label} ended early (exit code {self.proc.wait()})")
+
+    def time(self, op: str) -> float:
+        self.proc.stdin.write(op + "\n")
+        self.proc.stdin.flush()
+        return float(self._reply())
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        finally:
+            self.proc.wait()
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """REV's lvae package, written under ``dest`` (``git archive``; git state is not touched)."""
+    if Path(rev).is_dir():
+        return Path(rev).resolve()
+    archive = dest / "tree.tar"
+    with archive.open("wb") as f:
+        subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "lvae"], stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(dest / "tree", filter="data")
+        except TypeError:  # Python without extraction filters; the archive is our own repository's
+            tar.extractall(dest / "tree")
+    return dest / "tree"
+
+
+def compare(rev: str, image: str | None, lmb: float | None, repeats: int) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="lvae-bench-"))
+    common = ([image] if image else []) + ([f"--lmb={lmb}"] if lmb is not None else [])
+    workers: list[Worker] = []
+    try:
+        old_tree = export_revision(rev, tmp)
+        workers.append(Worker("new (this tree)", ROOT, common))
+        workers.append(Worker(f"{rev}", old_tree, common))
+        if "CODING_THREADS=absent" not in workers[-1].info:
+            workers.append(Worker(f"{rev}, all threads", old_tree, common + ["--all-coding-threads"]))
+        im_desc = load_input(image)[1]
+        h, w = load_input(image)[0].shape[2:]
+        print(f"qarv_base, fixed reference weights; {w}x{h} {im_desc}; lambda "
+              f"{'default' if lmb is None else lmb}; median of {repeats} after 1 warm-up, variants taking turns")
+        print(f"machine: {machine_description()}")
+        for wk in workers:
+            print(f"  {wk.label}: {wk.info}")
+        times = {(wk.label, op): [] for wk in workers for op in ("encode", "decode")}
+        for r in range(repeats):
+            order = workers[r % len(workers):] + workers[: r % len(workers)]
+            for op in ("encode", "decode"):
+                for wk in order:
+                    times[wk.label, op].append(wk.time(op))
+        try:
+            load = "%.1f %.1f %.1f" % os.getloadavg()
+        except OSError:
+            load = "?"
+        print(f"load average after: {load}")
+        print()
+        new = workers[0].label
+        print(f"{'variant':<24} {'op':<7} {'median s':>9} {'min s':>8} {'max s':>8} {'speed-up':>9}")
+        for op in ("encode", "decode"):
+            for wk in workers:
+                t = times[wk.label, op]
+                med = statistics.median(t)
+                ratio = statistics.median(t) / statistics.median(times[new, op])
+                print(f"{wk.label:<24} {op:<7} {med:>9.3f} {min(t):>8.3f} {max(t):>8.3f} {ratio:>8.2f}x")
+        print("speed-up: that variant's median / the new tree's median (how many times faster the new tree is)")
+    finally:
+        for wk in workers:
+            wk.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image", nargs="?", help="image to code (default: a synthetic 512x768 image)")
@@ -212,11 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="time this device only (default: CPU, and CUDA if present)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
+    parser.add_argument("--compare", metavar="REV", help="time encode/decode against git revision REV's lvae (CPU)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--all-coding-threads", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.image, args.lmb, args.all_coding_threads)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.device == "cuda" and (args.no_cuda or not torch.cuda.is_available()):
         parser.error("--device cuda: " + ("--no-cuda was given too" if args.no_cuda else "CUDA is not available here"))
+    if args.compare:
+        return compare(args.compare, args.image, args.lmb, args.repeats)
 
     im, source = load_input(args.image)
     model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
