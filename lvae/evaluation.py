@@ -269,6 +269,52 @@ def evaluate_model(
     return report
 
 
+def evaluate_progressive(
+    model: nn.Module,
+    images: Sequence[Path],
+    lambdas: Sequence[float],
+    *,
+    name: str | None = None,
+    test_set: str = "",
+    folder: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """bpp and PSNR of every prefix of every file: each image coded once per λ, then decoded from
+    its first k = 0 … L latent strings (the size of a prefix is that of its truncated file)."""
+    from tqdm import tqdm
+
+    from .bitstream import truncate
+    from .io import load_image
+
+    device = next(model.parameters()).device
+    lambdas = [float(v) for v in lambdas]
+    n = len(model.latent_blocks)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(images) * len(lambdas), disable=not progress, unit="code", dynamic_ncols=True)
+    with bar:
+        for path in images:
+            ref = load_image(path).to(device)
+            h, w = ref.shape[2:]
+            for lmb in lambdas:
+                bar.set_description(f"{path.name} lmb={lmb:g}")
+                data = model.compress(ref, lmb=lmb)
+                for k in range(n + 1):
+                    rec = model.decompress(data, num_latents=k)
+                    size = len(truncate(data, k))
+                    rows.append({"image": path.name, "lmb": lmb, "latents": k, "bytes": size,
+                                 "bpp": 8 * size / (h * w), "psnr": mse_to_psnr(mse(ref, _quantize(rec)))})
+                bar.update()
+    prefixes: dict[str, list[list[float | None]]] = {"bpp": [], "psnr": []}
+    for lmb in lambdas:
+        for key in prefixes:
+            prefixes[key].append([_mean([r[key] for r in rows if r["lmb"] == lmb and r["latents"] == k])
+                                  for k in range(n + 1)])
+    report = _report(name or getattr(model, "name", type(model).__name__), test_set, folder or images[0].parent,
+                     images, device)
+    report.update(lambdas=lambdas, **{"num-latents": n, "prefixes": prefixes, "per-image": rows})
+    return report
+
+
 def evaluate_codec(
     codec: str,
     images: Sequence[Path],
@@ -348,6 +394,9 @@ def _build_parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--output", default=None, help="result JSON (default: results/<name>-<test-set>.json)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--progressive", action="store_true",
+                   help="measure every prefix of the latent strings (bpp and PSNR for k = 0 … L) instead; "
+                        "writes results/<name>-<test-set>-progressive.json and a plot beside it")
     return p
 
 
@@ -394,6 +443,8 @@ def _run(args: argparse.Namespace) -> int:
         lambdas = lambda_sweep(low, high, args.steps)
         if weights == "random":
             print(f"note: {args.model} is evaluated with random weights", file=sys.stderr)
+        if args.progressive:
+            return _run_progressive(args, model, images, lambdas, test_set, folder, progress)
         report = evaluate_model(model, images, lambdas, name=args.model, test_set=test_set, folder=folder, progress=progress)
         report.update(weights=weights, **{"model-args": model_args})
 
@@ -409,6 +460,22 @@ def _run(args: argparse.Namespace) -> int:
             print(f"BD-rate vs {anchors.BD_ANCHOR} on {test_set}: {value:+.2f} %")
     output = args.output or f"results/{report['name']}-{test_set}.json"
     print(f"results written to {save_results(report, output)}")
+    return 0
+
+
+def _run_progressive(args, model, images, lambdas, test_set, folder, progress) -> int:
+    report = evaluate_progressive(model, images, lambdas, name=args.model, test_set=test_set, folder=folder,
+                                  progress=progress)
+    pre = report["prefixes"]
+    print(f"{report['name']} on {test_set} ({len(images)} images): mean bpp / PSNR of the first k latent strings")
+    print(f"{'lmb':>9} " + " ".join(f"{'k=' + str(k):>15}" for k in range(report["num-latents"] + 1)))
+    for i, lmb in enumerate(lambdas):
+        print(f"{lmb:>9.4g} " + " ".join(f"{b:>7.4f}/{p:>6.2f}" for b, p in zip(pre["bpp"][i], pre["psnr"][i])))
+    output = Path(args.output or f"results/{report['name']}-{test_set}-progressive.json")
+    print(f"results written to {save_results(report, output)}")
+    from .plot import plot_progressive_rd
+
+    print(f"plot written to {plot_progressive_rd(report, output.with_suffix('.png'))}")
     return 0
 
 

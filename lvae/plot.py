@@ -143,6 +143,32 @@ def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str |
     return output
 
 
+def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike, *, dpi: int = 150) -> Path:
+    """PSNR against bpp of every prefix (k = 0 … L latent strings), one line per λ, over the
+    full-file R–D curve (k = L), from :func:`lvae.evaluation.evaluate_progressive`'s report."""
+    from matplotlib.figure import Figure
+
+    pre = report["prefixes"]
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    full_bpp = [row[-1] for row in pre["bpp"]]
+    full_psnr = [row[-1] for row in pre["psnr"]]
+    ax.plot(full_bpp, full_psnr, "k-", lw=2, label=f"{report['name']}: whole files")
+    for lmb, bpp, psnr in zip(report["lambdas"], pre["bpp"], pre["psnr"]):
+        ax.plot(bpp, psnr, "o--", ms=3, lw=1, label=f"prefixes, λ = {lmb:.4g}")
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"{report['name']} on {report['test-set']}: decoding the first k of {report['num-latents']} latents",
+                 fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=dpi, format="png")
+    return output
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command line of ``lvae plot``: ``lvae plot results/*.json -o rd.png``; returns the exit status."""
     p = OneLineArgumentParser(prog=prog, description="Plot PSNR against bpp for result JSONs, with the published anchor curves.")

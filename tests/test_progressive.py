@@ -82,3 +82,21 @@ def test_truncation_errors(small, base):
     header, strings = bitstream.unpack(data)
     v1 = bitstream.pack(header.model_name, header.lmb, header.height, header.width, strings, version=1)
     assert torch.equal(small.decompress(bitstream.truncate(v1, 4)), small.decompress(data, num_latents=4))
+
+
+def test_progressive_evaluation_script(tmp_path):
+    import json
+
+    from lvae.evaluation import main
+
+    out = tmp_path / "prog.json"
+    rc = main(["--model", "qarv_small", "--dataset_name", str(DATA / "kodak3"), "--steps", "2", "--progressive",
+               "--no_progress", "--output", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    bpp, psnr = report["prefixes"]["bpp"], report["prefixes"]["psnr"]
+    assert report["num-latents"] == 7 and len(bpp) == 2 and all(len(row) == 8 for row in bpp + psnr)
+    assert all(row == sorted(row) for row in bpp)  # a longer prefix is a larger file
+    rows = [r for r in report["per-image"] if r["latents"] == 7]
+    assert len(rows) == 2 * 3
+    assert (tmp_path / "prog.png").stat().st_size > 0
