@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "decompress",
         help="decompress .lvae (or the authors' .bits) files to PNG",
-        description="Decompress coded files to PNG. Default output: the input's name with .png, "
-        "next to it (or in --out-dir). The model is the one recorded in the file.",
+        description="Decompress coded files to PNG. Default output: the input's name followed by .png "
+        "(photo.lvae -> photo.lvae.png), next to it (or in --out-dir), so that it never replaces the "
+        "image the file was made from. The model is the one recorded in the file.",
     )
     d.add_argument("files", nargs="+", metavar="FILE")
     _add_output_options(d, ".png")
@@ -230,25 +231,32 @@ def _same_file(a: Path, b: Path) -> bool:
 class _Outputs:
     """Output-path policy: never the input, never an existing file without --force, never twice."""
 
-    def __init__(self, output: str | None, out_dir: str | None, suffix: str, force: bool):
+    def __init__(self, output: str | None, out_dir: str | None, suffix: str, force: bool, keep_name: bool = False):
         self.output = Path(output) if output else None
         self.out_dir = Path(out_dir) if out_dir else None
         self.suffix = suffix
         self.force = force
+        # decompress: photo.lvae -> photo.lvae.png, never the name of the image the file came from
+        self.keep_name = keep_name
         self.written: set[Path] = set()
 
     def path_for(self, src: Path) -> Path:
+        name = src.name + self.suffix if self.keep_name else src.stem + self.suffix
         if self.output is not None:
             out = self.output
         elif self.out_dir is not None:
-            out = self.out_dir / (src.stem + self.suffix)
+            out = self.out_dir / name
         else:
-            out = src.with_suffix(self.suffix)
+            out = src.with_name(name)
         if out.resolve() == src.resolve() or _same_file(out, src):
             raise FileExistsError(f"the output {out} would overwrite the input; choose another with -o or --out-dir")
         if out.resolve() in self.written:
             raise FileExistsError(f"the output {out} was already written by an earlier input of this run")
         if out.exists() and not self.force:
+            if self.keep_name and out.is_file() and not _written_by_lvae(out):
+                raise FileExistsError(
+                    f"the output {out} exists and is not an image lvae wrote; choose another name with -o or --out-dir"
+                )
             raise FileExistsError(f"the output {out} exists; pass --force to overwrite it")
         if out.is_dir():
             raise IsADirectoryError(f"the output {out} is a directory")
@@ -280,6 +288,12 @@ class _Models:
         if isinstance(cached, BaseException):
             raise cached
         return cached
+
+
+def _written_by_lvae(path: Path) -> bool:
+    from .io import written_by_lvae
+
+    return written_by_lvae(path)
 
 
 def _check_input(src: Path) -> None:
@@ -339,7 +353,7 @@ def _decompress(args: argparse.Namespace) -> int:
     from .io import save_image
 
     models = _Models(args.weights, args.device)
-    outputs = _Outputs(args.output, args.out_dir, ".png", args.force)
+    outputs = _Outputs(args.output, args.out_dir, ".png", args.force, keep_name=True)
 
     def job(src: Path) -> str:
         _check_input(src)
@@ -358,6 +372,9 @@ def _decompress(args: argparse.Namespace) -> int:
             for k in range(header.num_strings + 1):
                 path = out.with_name(f"{out.stem}-k{k}{out.suffix}")
                 if path.exists() and not args.force:
+                    if not _written_by_lvae(path):
+                        raise FileExistsError(f"the output {path} exists and is not an image lvae wrote; "
+                                              "choose another name with -o or --out-dir")
                     raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
                 prefix_bytes = len(truncate(data, k))
                 img = model.decompress(data, num_latents=k)

@@ -99,6 +99,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+WRITER_TAG = "lvae"
+
+
+def written_by_lvae(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a PNG that :func:`save_image` wrote (its Software text chunk says lvae)."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and getattr(im, "text", {}).get("Software") == WRITER_TAG
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def save_image(img: torch.Tensor, path: str | os.PathLike, format: str | None = None) -> None:
     """Save a [0, 1] image tensor (PNG unless the extension or ``format`` says otherwise), atomically."""
     import io
@@ -107,5 +119,12 @@ def save_image(img: torch.Tensor, path: str | os.PathLike, format: str | None = 
     pil = tensor_to_image(img)
     fmt = format or (Image.registered_extensions().get(path.suffix.lower()) if path.suffix else None) or "PNG"
     buf = io.BytesIO()
-    pil.save(buf, format=fmt)
+    if fmt == "PNG":  # marks the image as lvae's own output (the CLI overwrites only those on advice)
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", WRITER_TAG)
+        pil.save(buf, format=fmt, pnginfo=info)
+    else:
+        pil.save(buf, format=fmt)
     atomic_write_bytes(path, buf.getvalue())

@@ -107,14 +107,14 @@ def test_compress_decompress_info_round_trip(work, coded, tmp_path):
     proc = run(work, "decompress", codes / "a.lvae", codes / "b.lvae", "--out-dir", dec, "--weights", work / "tiny.pt")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert re.fullmatch(rf".*a\.lvae -> {re.escape(str(dec / 'a.png'))}: \d+ bytes, [\d.]+ bpp, 96x70", lines[0])
-    assert re.fullmatch(rf".*b\.lvae -> {re.escape(str(dec / 'b.png'))}: \d+ bytes, [\d.]+ bpp, 45x50", lines[1])
+    assert re.fullmatch(rf".*a\.lvae -> {re.escape(str(dec / 'a.lvae.png'))}: \d+ bytes, [\d.]+ bpp, 96x70", lines[0])
+    assert re.fullmatch(rf".*b\.lvae -> {re.escape(str(dec / 'b.lvae.png'))}: \d+ bytes, [\d.]+ bpp, 45x50", lines[1])
 
     model = tiny_model(work)
     for stem in "ab":
         expected = np.asarray(tensor_to_image(model.decompress((codes / f"{stem}.lvae").read_bytes())))
-        assert np.array_equal(np.asarray(Image.open(dec / f"{stem}.png")), expected)
-        decoded = load_image(dec / f"{stem}.png")
+        assert np.array_equal(np.asarray(Image.open(dec / f"{stem}.lvae.png")), expected)
+        decoded = load_image(dec / f"{stem}.lvae.png")
         assert printed[stem] == pytest.approx(psnr(decoded, load_image(work / f"{stem}.png")), abs=0.05)
 
     proc = run(work, "info", codes / "a.lvae", DATA / "legacy_lmb16.bits")
@@ -221,13 +221,13 @@ def test_decompress_bad_files_are_reported_and_skipped(work, coded, tmp_path):
         "foreign.lvae": (work / "b.png").read_bytes(),
         "corrupted.lvae": data[:40] + bytes([data[40] ^ 0x40]) + data[41:],
         "legacy.bits": (DATA / "legacy_lmb16.bits").read_bytes(),
-        "photo.png": (work / "b.png").read_bytes(),  # its default output is itself
+        "photo.png": (work / "b.png").read_bytes(),  # not a coded file (its output photo.png.png is not made)
         "taken.lvae": data,
-        "taken.png": b"keep me",
+        "taken.lvae.png": b"keep me",  # an existing file lvae did not write: never overwritten, no --force advice
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    args = [tmp_path / n for n in files if n != "taken.png"]
+    args = [tmp_path / n for n in files if n != "taken.lvae.png"]
     args.insert(3, tmp_path / "absent.lvae")
     proc = run(work, "decompress", *args, *with_weights(work))
     assert proc.returncode == 1
@@ -240,16 +240,17 @@ def test_decompress_bad_files_are_reported_and_skipped(work, coded, tmp_path):
         "neither an lvae file nor an authors' QARV file",
         "the file is corrupted",
         "made by model 'qarv_base', not by 'qarv_tiny'",
-        "would overwrite the input",
-        "exists; pass --force to overwrite it",
+        "neither an lvae file nor an authors' QARV file",
+        "is not an image lvae wrote; choose another name with -o or --out-dir",
     ]
     for error, message in zip(errors, expected, strict=True):
         assert message in error
     assert proc.stdout.count("\n") == 1 and "good.lvae ->" in proc.stdout
     made = sorted(p.name for p in tmp_path.iterdir() if p.name not in files)
-    assert made == ["good.png"]
-    assert (tmp_path / "taken.png").read_bytes() == b"keep me"
+    assert made == ["good.lvae.png"]
+    assert (tmp_path / "taken.lvae.png").read_bytes() == b"keep me"
     assert (tmp_path / "photo.png").read_bytes() == (work / "b.png").read_bytes()
+    assert "--force" not in errors[-1]
 
 
 def test_missing_qarv_base_weights_give_one_clear_line(work, tmp_path):
@@ -279,7 +280,7 @@ def test_default_model_is_the_packaged_one_and_works_offline(work, tmp_path):
     assert read_header((tmp_path / "a.lvae").read_bytes()).model_name == "qarv_small"
     proc = run(work, "decompress", tmp_path / "a.lvae")
     assert proc.returncode == 0, proc.stderr
-    assert load_image(tmp_path / "a.png").shape == (1, 3, 70, 96)
+    assert load_image(tmp_path / "a.lvae.png").shape == (1, 3, 70, 96)
     proc = run(work, "models")
     assert "(default for compress)" in models_table(proc.stdout)["qarv_small"]
 
@@ -390,3 +391,19 @@ def test_truncate_errors(work, coded, tmp_path):
     proc = run(work, "decompress", src, "--figure", tmp_path / "f.png", *with_weights(work))
     assert proc.returncode == 2 and "--progressive" in proc.stderr
     assert not (tmp_path / "x.lvae").exists() and not (tmp_path / "y.lvae").exists()
+
+
+def test_compress_then_decompress_never_replaces_the_source_image(work, tmp_path):
+    """photo.png -> photo.lvae -> photo.lvae.png: the original is never touched, --force or not."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((work / "a.png").read_bytes())
+    original = photo.read_bytes()
+    assert run(work, "compress", photo, *with_weights(work)).returncode == 0
+    for extra in ([], ["--force"]):
+        proc = run(work, "decompress", tmp_path / "photo.lvae", *extra, *with_weights(work))
+        assert proc.returncode == 0, proc.stderr
+        assert f"-> {tmp_path / 'photo.lvae.png'}" in proc.stdout
+    assert photo.read_bytes() == original
+    # decoding again: the existing output is lvae's own, so --force is the advice
+    proc = run(work, "decompress", tmp_path / "photo.lvae", *with_weights(work))
+    assert proc.returncode == 1 and "pass --force" in error_lines(proc)[0]
