@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decode only the first K latent strings (coarse to fine): a coarser image")
     prefix.add_argument("--progressive", action="store_true",
                         help="write one PNG per prefix: <output stem>-k<K>.png for K = 0 ... the strings held")
+    d.add_argument("--ignore-weights-mismatch", action="store_true",
+                   help="decode a file made with other weights of its model anyway (usually a wrong image)")
     d.add_argument("--figure", metavar="PNG", help="with --progressive: also draw every prefix, with its bpp, in one figure")
     _add_model_options(d, "refuse files not made by this model (default: the model the file names)")
 
@@ -377,7 +379,7 @@ def _decompress(args: argparse.Namespace) -> int:
                                               "choose another name with -o or --out-dir")
                     raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
                 prefix_bytes = len(truncate(data, k))
-                img = model.decompress(data, num_latents=k)
+                img = model.decompress(data, num_latents=k, ignore_weights_mismatch=args.ignore_weights_mismatch)
                 save_image(img, path)
                 if args.figure:
                     from .io import tensor_to_image
@@ -393,7 +395,7 @@ def _decompress(args: argparse.Namespace) -> int:
                 plot_progressive(shown, labels, args.figure, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
                 lines.append(f"{src} -> {args.figure}: figure of the {len(shown)} prefixes")
             return "\n".join(lines)
-        img = model.decompress(data, num_latents=args.latents)
+        img = model.decompress(data, num_latents=args.latents, ignore_weights_mismatch=args.ignore_weights_mismatch)
         save_image(img, out)
         outputs.done(out)
         used = len(data) if args.latents is None else len(truncate(data, args.latents))

@@ -407,3 +407,21 @@ def test_compress_then_decompress_never_replaces_the_source_image(work, tmp_path
     # decoding again: the existing output is lvae's own, so --force is the advice
     proc = run(work, "decompress", tmp_path / "photo.lvae", *with_weights(work))
     assert proc.returncode == 1 and "pass --force" in error_lines(proc)[0]
+
+
+def test_other_weights_are_refused_unless_asked(work, coded, tmp_path):
+    """A file names its weights: decoding with a checkpoint that differs in one layer is refused."""
+    sd = torch.load(work / "tiny.pt", weights_only=True)["model"]
+    key = [k for k in sd if k.startswith("dec_blocks.") and k.endswith(".weight")][-1]  # the last layer: decodable
+    sd[key] = sd[key] * 1.01
+    torch.save({"model": sd}, tmp_path / "other.pt")
+    src = coded[1] / "a.lvae"
+    proc = run(work, "decompress", src, "-o", tmp_path / "x.png", *TINY, "--weights", tmp_path / "other.pt")
+    assert proc.returncode == 1
+    [line] = error_lines(proc)
+    fingerprint = read_header(src.read_bytes()).fingerprint.hex()
+    assert "made with other weights" in line and fingerprint in line
+    assert not (tmp_path / "x.png").exists()
+    proc = run(work, "decompress", src, "-o", tmp_path / "x.png", *TINY, "--weights", tmp_path / "other.pt",
+               "--ignore-weights-mismatch")
+    assert proc.returncode == 0, proc.stderr
