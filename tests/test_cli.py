@@ -191,6 +191,7 @@ def test_bad_lambda_and_impossible_targets_leave_existing_output_alone(work, tmp
     cases = [
         (["--lmb", "5000"], "outside this model's range [16, 2048]"),
         (["--bytes", "3"], "impossible target"),
+        (["--bpp", "0.0001"], "over the target of 0.0001 bpp (0 bytes)"),  # answered in the units asked
     ]
     for option, message in cases:
         proc = run(work, "compress", work / "a.png", "-o", out, "--force", *option, *with_weights(work))

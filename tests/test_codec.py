@@ -276,3 +276,11 @@ def test_non_image_and_missing_files(tmp_path):
         load_image(tmp_path / "x.png")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "none.png")
+
+
+def test_impossible_budget_is_answered_in_the_units_asked(trained_tiny):
+    im = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"needs [\d.]+ bpp \(\d+ bytes\), over the target of 0.0001 bpp \(0 bytes\)"):
+        trained_tiny.compress(im, target_bpp=0.0001)
+    with pytest.raises(ValueError, match=r"needs \d+ bytes, over the target of 5 bytes"):
+        trained_tiny.compress(im, target_bytes=5)

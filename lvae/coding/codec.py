@@ -168,7 +168,15 @@ class CompressionMixin:
                 if isinstance(target_bytes, bool) or int(target_bytes) != target_bytes or target_bytes <= 0:
                     raise ValueError(f"target_bytes must be a positive integer, got {target_bytes}")
                 budget = int(target_bytes)
-            value, data = self._search_budget(encode, budget)
+            if target_bpp is not None:
+                def unit(n: int) -> str:
+                    return f"{8 * n / (h * w):.4g} bpp ({n} bytes)"
+                asked = f"{target_bpp:g} bpp ({budget} bytes)"
+            else:
+                def unit(n: int) -> str:
+                    return f"{n} bytes"
+                asked = f"{budget} bytes"
+            value, data = self._search_budget(encode, budget, unit, asked)
         elif target_psnr is not None:
             if not math.isfinite(target_psnr):
                 raise ValueError(f"target_psnr must be a finite number, got {target_psnr}")
@@ -203,13 +211,15 @@ class CompressionMixin:
             compute_psnr=False,
         )[0]
 
-    def _search_budget(self, encode: Callable[[float], bytes], budget: int) -> tuple[float, bytes]:
+    def _search_budget(
+        self, encode: Callable[[float], bytes], budget: int, unit: Callable[[int], str], asked: str
+    ) -> tuple[float, bytes]:
         lo, hi = (self._lmb_value(v) for v in self.lmb_range)
         data_lo = encode(lo)
         if len(data_lo) > budget:
             raise ValueError(
-                f"impossible target: even the lowest rate (λ={lo:g}) needs {len(data_lo)} bytes, "
-                f"over the budget of {budget}"
+                f"impossible target: even the lowest rate (λ={lo:g}) needs {unit(len(data_lo))}, "
+                f"over the target of {asked}"
             )
         data_hi = encode(hi)
         if len(data_hi) <= budget:
