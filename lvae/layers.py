@@ -64,24 +64,25 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fused_linear_gelu_ok(x):
+        if _onednn_fused_ok(x):
             try:
                 h = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
             except (RuntimeError, AttributeError, NotImplementedError, TypeError):
-                _FUSED_LINEAR_GELU[0] = False  # this torch build lacks it: the plain path from now on
+                _ONEDNN_FUSED[0] = False  # this torch build lacks it: the plain path from now on
                 h = self.act(self.fc1(x))
         else:
             h = self.act(self.fc1(x))
         return self.fc2(h)
 
 
-# Inference on the CPU fuses fc1 with the exact GELU (oneDNN post-op; same values as the two ops).
-_FUSED_LINEAR_GELU = [True]
+# Inference on the CPU fuses fc1 with the exact GELU and fc2 with the block's residual (oneDNN post-ops).
+_MLP_CHUNK_ROWS = 2048  # tokens per chunk of the fused MLP (its hidden activations then stay in cache)
+_ONEDNN_FUSED = [True]
 
 
-def _fused_linear_gelu_ok(x: torch.Tensor) -> bool:
+def _onednn_fused_ok(x: torch.Tensor) -> bool:
     return (
-        _FUSED_LINEAR_GELU[0]
+        _ONEDNN_FUSED[0]
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
@@ -131,8 +132,37 @@ class ConvNeXtBlockAdaLN(nn.Module):
         else:
             h = F.layer_norm(h, (self.dim,), eps=1e-6)
             h = torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :])
+        if _onednn_fused_ok(h):
+            try:
+                return self._mlp_residual_onednn(h, x)
+            except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+                _ONEDNN_FUSED[0] = False  # this torch build lacks the ops: the plain path from now on
         h = self.mlp(h).permute(0, 3, 1, 2)  # N, C, H, W, channels-last in memory
         return torch.addcmul(x, self.gamma, h)
+
+    def _mlp_residual_onednn(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + gamma · MLP(h)`` as two oneDNN linears with post-ops (CPU inference).
+
+        fc1 carries the exact GELU; fc2 carries ``gamma`` folded into its weight and bias
+        (``gamma·(Wh + b) = (gamma·W)h + gamma·b``) and adds ``x`` as it writes, so the residual
+        costs no extra pass over memory. Same values up to float rounding.
+        """
+        m = self.mlp
+        g = self.gamma.reshape(-1)
+        w2, b2 = m.fc2.weight * g[:, None], m.fc2.bias * g
+        linear = torch.ops.mkldnn._linear_pointwise
+        n, hh, ww, c = h.shape
+        rows, res = h.reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)  # views: both NHWC in memory
+        if rows.shape[0] < 2 * _MLP_CHUNK_ROWS:
+            out = linear.binary(linear(rows, m.fc1.weight, m.fc1.bias, "gelu", [], "none"), res, w2, b2, "add")
+        else:
+            # NOTE: at 1/4 scale fc1's output (rows × hidden) is tens of MB: written and read back
+            # from memory it makes the pair memory-bound. Row chunks keep it in cache (~20 % faster).
+            out = torch.empty_like(res)
+            for s in range(0, rows.shape[0], _MLP_CHUNK_ROWS):
+                part = linear(rows[s : s + _MLP_CHUNK_ROWS], m.fc1.weight, m.fc1.bias, "gelu", [], "none")
+                out[s : s + _MLP_CHUNK_ROWS] = linear.binary(part, res[s : s + _MLP_CHUNK_ROWS], w2, b2, "add")
+        return out.reshape(n, hh, ww, c).permute(0, 3, 1, 2)  # N, C, H, W, channels-last in memory
 
 
 def patch_downsample(in_ch: int, out_ch: int, rate: int = 2) -> nn.Conv2d:

@@ -119,7 +119,9 @@ def decode_latent(coded: Sequence[CodedLatent], means: torch.Tensor, scales: tor
                 values = _decode_unchecked(c.string, idx, scales[i], report)
         finally:
             _record(report, scales[i])
-        out.append(torch.tensor(values, dtype=torch.float32).reshape(means.shape[1:]))
+        # NOTE: via NumPy: torch.tensor() on a list of Python ints takes twice as long.
+        flat = np.fromiter(values, dtype=np.float32, count=len(values))
+        out.append(torch.from_numpy(flat).reshape(means.shape[1:]))
     return torch.stack(out).to(means.device) + means
 
 
