@@ -8,15 +8,83 @@ every file succeeded, 1 when any failed, 2 for usage errors. ``lvae eval``, ``lv
 
 Start-up: ``lvae --help``, ``lvae info`` and ``lvae models`` import neither torch nor the model
 code (tests/test_startup_imports.py checks it); torch, tqdm and the models load in the commands
-that code images.
+that code images, after the arguments and the outputs have been checked.
+
+Ctrl-C: in the ``lvae`` process (the console script, ``python -m lvae``) a SIGINT handler is
+installed as soon as this module starts loading. Before :func:`main` runs it ends the process at
+once; inside :func:`main` the first Ctrl-C unwinds (writes under way remove their temporary
+files), a second one ends the process at once. Either way the process prints one line,
+``lvae: interrupted``, and exits with status 130, leaving no partial output. Called in-process
+(``main(argv)``), ``main`` catches ``KeyboardInterrupt``, prints the same line and returns 130.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
+import signal
 import sys
-from pathlib import Path
+
+PROG = "lvae"
+EXIT_INTERRUPTED = 130
+
+
+# -- Ctrl-C: set up first, before the other imports ----------------------------------------------------
+def _started_as_command() -> bool:
+    """True in the ``lvae`` console script and in ``python -m lvae`` (or ``-m lvae.cli``)."""
+    entry = sys.modules.get("__main__")
+    spec = getattr(entry, "__spec__", None)
+    if spec is not None and spec.name in ("lvae.__main__", "lvae.cli"):
+        return True
+    return os.path.basename(getattr(entry, "__file__", None) or "") in ("lvae", "lvae.exe", "lvae-script.py")
+
+
+class _Interrupt:
+    command = False  # this process is the lvae command and the handler below is installed
+    in_main = False  # main() of the command is running: unwind on the first Ctrl-C
+    seen = False  # a Ctrl-C came
+    bar = False  # a progress bar may be on the terminal
+
+
+def _exit_interrupted() -> None:
+    """Remove partial outputs, print ``lvae: interrupted`` and end the process (status 130), now."""
+    io = sys.modules.get("lvae.io")
+    if io is not None:
+        io.remove_partial_outputs()
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001  (e.g. a reentrant call: the lines already out stay out)
+        pass
+    end_bar = "\n" if _Interrupt.bar and sys.stderr.isatty() else ""
+    try:
+        os.write(2, f"{end_bar}{PROG}: interrupted\n".encode())
+    except OSError:
+        pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _on_sigint(signum, frame) -> None:
+    if _Interrupt.seen or not _Interrupt.in_main:
+        _exit_interrupted()
+    _Interrupt.seen = True
+    raise KeyboardInterrupt
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """A Ctrl-C that lands in a finaliser is not reported ("Exception ignored in ..."): main()
+    sees the flag and stops."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+if _started_as_command():
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+        _Interrupt.command = True
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGINT here
+        pass
+
+import argparse  # noqa: E402  (after the handler: a Ctrl-C during these imports is one line too)
+import importlib  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
@@ -27,9 +95,10 @@ from .registry import get_model, list_models, model_weights
 if TYPE_CHECKING:
     import torch
 
+    from .io import ImageFormat
+
 __all__ = ["main", "build_parser"]
 
-PROG = "lvae"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # The default is the model shipped inside the package: it works offline and gives the same file
 # on every machine. The published qarv_base (downloaded on first use) is one `--model` away.
@@ -71,6 +140,13 @@ def _nonnegative_int(text: str) -> int:
     return _integer(text, 0, "a whole number ≥ 0")
 
 
+def _quality(text: str) -> int:
+    value = _integer(text, 1, "an integer from 1 to 100")
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text}")
+    return value
+
+
 def _device(text: str) -> torch.device:
     import torch
 
@@ -90,8 +166,7 @@ def _add_model_options(p: argparse.ArgumentParser, model_help: str) -> None:
     )
     p.add_argument(
         "--device",
-        type=_device,
-        default="cpu",  # argparse passes a string default through _device, in the commands that have it
+        default="cpu",  # other devices are parsed by _device in main(), after the cheap checks (it imports torch)
         metavar="DEV",
         help="torch device (default: cpu; decode on the same kind of device that encoded, since "
         "the range coder needs bit-identical priors on both sides)",
@@ -146,18 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "decompress",
-        help="decompress .lvae (or the authors' .bits) files to PNG",
-        description="Decompress coded files to PNG. Default output: the input's name followed by .png "
+        help="decompress .lvae (or the authors' .bits) files to images (PNG by default)",
+        description="Decompress coded files to images. Default output: the input's name followed by .png "
         "(photo.lvae -> photo.lvae.png), next to it (or in --out-dir), so that it never replaces the "
-        "image the file was made from. The model is the one recorded in the file.",
+        "image the file was made from. The format is the output's suffix or --format: lossless ones "
+        "(PNG, BMP, TIFF, PPM/PGM, WebP) store the decoded image exactly; a lossy one (JPEG, AVIF, "
+        "lossy WebP) needs --quality. Files of grayscale images decode to grayscale. The model is the "
+        "one recorded in the file.",
     )
     d.add_argument("files", nargs="+", metavar="FILE")
-    _add_output_options(d, ".png")
+    _add_output_options(d, ".png (or the --format's suffix)")
+    d.add_argument("--format", dest="image_format", metavar="FMT",
+                   help="image format: png (default), bmp, tiff, ppm, pgm, webp (lossless unless --quality), "
+                   "jpeg or avif (lossy: need --quality); default: the suffix of -o, else png")
+    d.add_argument("--quality", type=_quality, metavar="Q",
+                   help="quality 1-100 of a lossy format (JPEG, AVIF, or WebP, which is lossless without it)")
     prefix = d.add_mutually_exclusive_group()
     prefix.add_argument("--latents", type=_nonnegative_int, metavar="K",
                         help="decode only the first K latent strings (coarse to fine): a coarser image")
     prefix.add_argument("--progressive", action="store_true",
-                        help="write one PNG per prefix: <output stem>-k<K>.png for K = 0 ... the strings held")
+                        help="write one image per prefix: <output stem>-k<K><suffix> for K = 0 ... the strings held")
     d.add_argument("--ignore-weights-mismatch", action="store_true",
                    help="decode a file made with other weights of its model anyway (usually a wrong image)")
     d.add_argument("--figure", metavar="PNG", help="with --progressive: also draw every prefix, with its bpp, in one figure")
@@ -206,10 +289,17 @@ def _write(text: str, file) -> None:
     from tqdm import tqdm
 
     tqdm.write(text, file=file)
+    file.flush()  # a line printed is out, even if the process is then ended at once (Ctrl-C)
 
 
 def _report_error(name: object, exc: BaseException) -> None:
+    if _Interrupt.seen:  # an interrupt turned into another exception on its way up
+        raise KeyboardInterrupt from None
     _write(f"{PROG}: error: {name}: {_message(exc)}", sys.stderr)
+
+
+def _warn(name: object, text: str) -> None:
+    _write(f"{PROG}: warning: {name}: {text}", sys.stderr)
 
 
 def _progress(items: Sequence[str], desc: str):
@@ -217,6 +307,7 @@ def _progress(items: Sequence[str], desc: str):
         return items
     from tqdm import tqdm
 
+    _Interrupt.bar = True
     # tqdm's disable=None hides the bar when stderr is not a terminal (pipes, logs, tests).
     return tqdm(items, desc=desc, unit="file", file=sys.stderr, disable=None)
 
@@ -262,6 +353,9 @@ class _Outputs:
             raise IsADirectoryError(f"the output {out} is a directory")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"the output folder {out.parent} does not exist")
+        from .io import check_writable
+
+        check_writable(out)  # before any decoding or encoding: name the real output, not a temporary
         return out
 
     def done(self, out: Path) -> None:
@@ -271,7 +365,7 @@ class _Outputs:
 class _Models:
     """Models built on first use and kept; a model that failed to load is not tried again."""
 
-    def __init__(self, weights: str | None, device: torch.device):
+    def __init__(self, weights: str | None, device: torch.device | str):
         self.weights = weights
         self.device = device
         self._cache: dict[str, torch.nn.Module | BaseException] = {}
@@ -306,6 +400,8 @@ def _check_input(src: Path) -> None:
 def _run_files(items: Sequence[str], desc: str, job: Callable[[Path], str]) -> int:
     failed = 0
     for item in _progress(items, desc):
+        if _Interrupt.seen:
+            raise KeyboardInterrupt
         try:
             _write(job(Path(item)), sys.stdout)
         except Exception as exc:  # noqa: BLE001  (one line per file, whatever went wrong)
@@ -341,19 +437,32 @@ def _compress(args: argparse.Namespace) -> int:
             format=args.format,
         )
         outputs.done(out)
+        if res.alpha_dropped:
+            _warn(src, "its transparency (alpha channel) was dropped: lvae codes the colours only")
+        gray = ", gray" if res.colour == "gray" else ""
         return (
             f"{src} -> {res.path}: {res.num_bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB, "
-            f"{model_name}, lmb {res.lmb:.4g}, {res.width}x{res.height}"
+            f"{model_name}, lmb {res.lmb:.4g}, {res.width}x{res.height}{gray}"
         )
 
     return _run_files(args.images, "compress", job)
 
 
-def _decompress(args: argparse.Namespace) -> int:
-    from .io import save_image
+def _refuse_existing(path: Path, force: bool) -> None:
+    """An existing output is replaced only with --force, which is advised only for lvae's own images."""
+    if path.exists() and not force:
+        if not _written_by_lvae(path):
+            raise FileExistsError(f"the output {path} exists and is not an image lvae wrote; "
+                                  "choose another name with -o or --out-dir")
+        raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
 
+
+def _decompress(args: argparse.Namespace) -> int:
+    from .io import atomic_output, check_writable, save_image, tensor_to_image
+
+    fmt: ImageFormat = args.image_format_resolved
     models = _Models(args.weights, args.device)
-    outputs = _Outputs(args.output, args.out_dir, ".png", args.force, keep_name=True)
+    outputs = _Outputs(args.output, args.out_dir, fmt.suffix, args.force, keep_name=True)
 
     def job(src: Path) -> str:
         _check_input(src)
@@ -363,42 +472,49 @@ def _decompress(args: argparse.Namespace) -> int:
         made_by = header.model_name or LEGACY_MODEL
         if args.model is not None and args.model != made_by:
             raise BitstreamError(f"made by model {made_by!r}, not by {args.model!r}")
-        model = models.get(made_by)
+        colour = header.colour if header.format == "lvae" else "rgb"
+        if fmt.name == "pgm" and colour != "gray":
+            raise ValueError("the file holds a colour image and PGM holds grayscale only; write .ppm or .png")
         pixels = header.height * header.width
         if args.progressive:
             if header.format != "lvae":
                 raise BitstreamError("the authors' layout cannot be decoded progressively; it holds no prefixes")
+            paths = [out.with_name(f"{out.stem}-k{k}{out.suffix}") for k in range(header.num_strings + 1)]
+            for path in paths:  # all checked before decoding any
+                _refuse_existing(path, args.force)
+            figure = Path(args.figure) if args.figure else None
+            if figure is not None:
+                if figure.exists() and not args.force:
+                    raise FileExistsError(f"the figure {figure} exists; choose another name for --figure")
+                figure.parent.mkdir(parents=True, exist_ok=True)
+                check_writable(figure)
+            model = models.get(made_by)
             lines, shown, labels = [], [], []
-            for k in range(header.num_strings + 1):
-                path = out.with_name(f"{out.stem}-k{k}{out.suffix}")
-                if path.exists() and not args.force:
-                    if not _written_by_lvae(path):
-                        raise FileExistsError(f"the output {path} exists and is not an image lvae wrote; "
-                                              "choose another name with -o or --out-dir")
-                    raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
+            for k, path in enumerate(paths):
                 prefix_bytes = len(truncate(data, k))
                 img = model.decompress(data, num_latents=k, ignore_weights_mismatch=args.ignore_weights_mismatch)
-                save_image(img, path)
+                saved = save_image(img, path, format=fmt.name, quality=fmt.quality)
                 if args.figure:
-                    from .io import tensor_to_image
-
-                    shown.append(tensor_to_image(img))
+                    shown.append(tensor_to_image(img).convert("RGB"))
                     labels.append(f"{k} of {header.num_latents} latents: {8 * prefix_bytes / pixels:.4f} bpp")
                 lines.append(f"{src} -> {path}: {k} of {header.num_latents} latents, {prefix_bytes} bytes, "
-                             f"{8 * prefix_bytes / pixels:.4f} bpp")
+                             f"{8 * prefix_bytes / pixels:.4f} bpp, {saved.describe()}")
             outputs.done(out)
-            if args.figure:
+            if figure is not None:
                 from .plot import plot_progressive
 
-                plot_progressive(shown, labels, args.figure, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
-                lines.append(f"{src} -> {args.figure}: figure of the {len(shown)} prefixes")
+                with atomic_output(figure) as tmp:
+                    plot_progressive(shown, labels, tmp, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
+                lines.append(f"{src} -> {figure}: figure of the {len(shown)} prefixes")
             return "\n".join(lines)
+        model = models.get(made_by)
         img = model.decompress(data, num_latents=args.latents, ignore_weights_mismatch=args.ignore_weights_mismatch)
-        save_image(img, out)
+        saved = save_image(img, out, format=fmt.name, quality=fmt.quality)
         outputs.done(out)
         used = len(data) if args.latents is None else len(truncate(data, args.latents))
         latents = "" if args.latents is None else f", {args.latents} of {header.num_latents} latents"
-        return f"{src} -> {out}: {used} bytes, {8 * used / pixels:.4f} bpp, {header.width}x{header.height}{latents}"
+        return (f"{src} -> {out}: {used} bytes, {8 * used / pixels:.4f} bpp, {header.width}x{header.height}{latents}, "
+                f"{saved.describe()}")
 
     return _run_files(args.files, "decompress", job)
 
@@ -453,6 +569,7 @@ def _describe(src: Path) -> str:
         ("latents", f"{len(lengths)} of {h.num_latents or len(lengths)} blocks, {sum(lengths)} bytes: "
          + " ".join(map(str, lengths))),
     ]
+    rows.append(("colour", "gray (decodes to a grayscale image)" if h.colour == "gray" else "RGB"))
     if h.format == "lvae":
         pixels = h.width * h.height
         sizes = [len(truncate(data, k)) for k in range(len(lengths) + 1)]
@@ -532,7 +649,39 @@ COMMANDS = {"compress": _compress, "decompress": _decompress, "truncate": _trunc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``lvae`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the ``lvae`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Ctrl-C gives one line, ``lvae: interrupted``, and status 130 (see the module's description).
+    """
+    command = _Interrupt.command and argv is None
+    if not command:
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable
+    _Interrupt.in_main = True
+    try:
+        status = _main(argv)
+    except KeyboardInterrupt:
+        _exit_interrupted()
+    finally:
+        _Interrupt.in_main = False
+        sys.unraisablehook = previous_hook
+    if _Interrupt.seen:  # an interrupt swallowed on the way (e.g. in a finaliser)
+        _exit_interrupted()
+    return status
+
+
+def _usage_line(message: str) -> int:
+    """A usage error that needs no usage text: one line, status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -550,20 +699,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--figure takes a single input")
     if args.command == "compress" and args.format == "legacy" and _compress_model(args) != LEGACY_MODEL:
         parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")
-    device = getattr(args, "device", None)
-    if device is not None and device.type == "cuda" and not _cuda_available():
-        parser.error(f"--device {device}: CUDA is not available on this machine")
+    if args.command == "decompress":
+        # The output format is settled before anything is decoded: a lossy one must be asked for.
+        from .io import output_format
+
+        try:
+            args.image_format_resolved = output_format(
+                args.output, args.image_format, args.quality, options=("--format ", "--quality ")
+            )
+        except ValueError as exc:
+            return _usage_line(str(exc))
+        if args.figure and Path(args.figure).suffix.lower() not in ("", ".png"):
+            return _usage_line(f"--figure {args.figure}: the figure is a PNG image; name it .png")
+    # Parsing a device imports torch (seconds): the default, cpu, is left to the first model load,
+    # so that unwritable outputs and other per-file errors are found before any heavy work.
+    if getattr(args, "device", None) not in (None, "cpu"):
+        try:
+            args.device = _device(args.device)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument --device: {exc}")
+        if args.device.type == "cuda" and not _cuda_available():
+            parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if getattr(args, "out_dir", None):
         try:
             Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _report_error(args.out_dir, exc)
             return EXIT_FAILED
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

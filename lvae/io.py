@@ -1,48 +1,126 @@
 """Reading images into tensors and writing files safely.
 
-Any image Pillow opens is accepted. Grayscale and palette images are converted to RGB; an alpha
-channel is dropped (pixels keep their colour, transparency is lost); 16-bit samples are reduced
-to 8 bits (rounded ``v / 257``); the EXIF orientation of photos is applied.
+Reading (:func:`read_image`, :func:`load_image`): any image Pillow opens is accepted, and the EXIF
+orientation of photos is applied. Each image has a *colour type*:
+
+- ``"gray"`` for the grayscale modes: ``1`` (bilevel, read as 0 or 255), ``L``, ``LA``/``La``,
+  ``I;16*``/``I`` (16-bit samples reduced to 8 bits, rounded ``v / 257``) and ``F`` (floats,
+  scaled by 255 when they lie within [0, 1]);
+- ``"rgb"`` for everything else (RGB, palette, CMYK, YCbCr...), converted to 8-bit RGB.
+
+An alpha channel is dropped (pixels keep their colour, transparency is lost);
+:attr:`LoadedImage.alpha_dropped` says when that lost anything (some pixel not fully opaque,
+also for a palette's or a PNG's transparent colour). :func:`load_image` always gives RGB (a gray
+image repeated in the three channels); :func:`read_image` gives the image in its colour type.
+
+Writing (:func:`save_image`): the format comes from the file's suffix (or ``format``). Lossless
+formats (PNG, BMP, TIFF, PPM/PGM, WebP without a quality) store the 8-bit image exactly; a lossy
+one (JPEG, AVIF, WebP with a quality) is written only with an explicit ``quality``, since it
+would degrade the image a second time. A 1×1×H×W tensor is written as a grayscale image.
+Every file is written to a temporary file in the same folder and renamed (:func:`atomic_output`).
+
+torch is imported by the functions that make or read tensors, not by importing this module.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import os
-import tempfile
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from .errors import ImageReadError
 
-__all__ = ["load_image", "save_image", "atomic_write_bytes", "image_to_tensor", "tensor_to_image"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "load_image", "read_image", "LoadedImage", "save_image", "SavedImage", "ImageFormat", "output_format",
+    "IMAGE_FORMATS", "GRAY_MODES", "atomic_write_bytes", "atomic_output", "check_writable",
+    "remove_partial_outputs", "image_to_tensor", "tensor_to_image", "written_by_lvae",
+]
+
+# Pillow modes read as grayscale (colour type "gray"); all others are read as RGB.
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
-def _to_rgb8(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+# -- reading -----------------------------------------------------------------------------------------
+def _colour_type(img: Image.Image) -> str:
+    return "gray" if img.mode in GRAY_MODES else "rgb"
+
+
+def _alpha_dropped(img: Image.Image) -> bool:
+    """True when the image has transparency (an alpha channel or a transparent colour) that is not
+    fully opaque everywhere: dropping it loses something."""
+    if img.mode in _ALPHA_MODES:
+        alpha = img.getchannel(img.getbands()[-1])
+    elif "transparency" in img.info:
+        alpha = img.convert("RGBA").getchannel("A")
+    else:
+        return False
+    lo, _ = alpha.getextrema()
+    return lo < 255
+
+
+def _to_gray8(img: Image.Image) -> np.ndarray:
+    if img.mode in _SIXTEEN_BIT:
         arr = np.asarray(img, dtype=np.float64)
-        # 16-bit data (Pillow opens 16-bit grayscale as I;16 or I): reduce to 8 bits
-        arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
+        return np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
-        arr = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        img = img.convert("RGBA").convert("RGB")  # alpha dropped
+        return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+    if img.mode in ("LA", "La"):
+        img = img.getchannel(0)  # alpha dropped (La: as stored, premultiplied)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in GRAY_MODES:
+        return np.repeat(_to_gray8(img)[..., None], 3, axis=2)
+    if img.mode in _ALPHA_MODES:
+        img = img.convert("RGBA").convert("RGB")  # alpha dropped, colours kept
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    import torch
+
+    arr = np.array(arr, dtype=np.uint8, copy=True)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float().div_(255.0)
+
+
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """A Pillow image → 1×3×H×W float tensor in [0, 1]."""
-    arr = _to_rgb8(img)
-    return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float().div_(255.0)
+    """A Pillow image → 1×3×H×W float tensor in [0, 1] (RGB; a gray image in all three channels)."""
+    return _array_to_tensor(_to_rgb8(img))
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as a 1×3×H×W float tensor in [0, 1] (RGB, 8-bit precision)."""
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image read by :func:`read_image`."""
+
+    tensor: torch.Tensor  # 1×C×H×W in [0, 1], 8-bit values: C = 1 for gray, 3 for RGB
+    colour: str  # "gray" or "rgb"
+    alpha_dropped: bool  # the source had transparency (not fully opaque) that was dropped
+    mode: str  # the source's Pillow mode (e.g. "L", "RGBA", "I;16")
+
+    def rgb(self) -> torch.Tensor:
+        """The image as 1×3×H×W (a gray image repeated in the three channels)."""
+        return self.tensor if self.tensor.shape[1] == 3 else self.tensor.expand(-1, 3, -1, -1).contiguous()
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an image file in its colour type (see the module's description)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
@@ -50,81 +128,299 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            tensor = image_to_tensor(img)
+            colour = _colour_type(img)
+            dropped = _alpha_dropped(img)
+            arr = _to_gray8(img) if colour == "gray" else _to_rgb8(img)
+            mode = img.mode
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from None
-    if tensor.shape[2] == 0 or tensor.shape[3] == 0:
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{path} is an empty image")
-    return tensor
+    return LoadedImage(_array_to_tensor(arr), colour, dropped, mode)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as a 1×3×H×W float tensor in [0, 1] (RGB, 8-bit precision).
+
+    A grayscale image is repeated in the three channels; :func:`read_image` keeps its colour type.
+    """
+    return read_image(path).rgb()
 
 
 def tensor_to_image(img: torch.Tensor) -> Image.Image:
-    """A 1×3×H×W (or 3×H×W) tensor in [0, 1] → 8-bit RGB Pillow image (rounded)."""
+    """A 1×C×H×W (or C×H×W) tensor in [0, 1] → 8-bit Pillow image (rounded): C = 3 gives RGB,
+    C = 1 gives grayscale (mode L)."""
+    import torch
+
     if img.dim() == 4:
         if img.shape[0] != 1:
             raise ValueError(f"expected one image, got a batch of {img.shape[0]}")
         img = img[0]
-    if img.dim() != 3 or img.shape[0] != 3:
-        raise ValueError(f"expected a 3×H×W image tensor, got shape {tuple(img.shape)}")
+    if img.dim() != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"expected a 3×H×W or 1×H×W image tensor, got shape {tuple(img.shape)}")
     arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    if arr.shape[2] == 1:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, 0]), mode="L")
     return Image.fromarray(arr, mode="RGB")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# -- atomic writes ---------------------------------------------------------------------------------
+# Temporary files being written right now: removed by remove_partial_outputs() when the process
+# must stop at once (the lvae command on Ctrl-C), so that no half-written file is left behind.
+_PENDING: set[str] = set()
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[str]:
+    """A registered, not yet created temporary name in ``path``'s folder; removed on the way out
+    (if it was not renamed into place)."""
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    _PENDING.add(tmp)
+    try:
+        yield tmp
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        _PENDING.discard(tmp)
+
+
+def remove_partial_outputs() -> None:
+    """Remove the temporary files of writes under way (for a process about to exit at once)."""
+    for tmp in list(_PENDING):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        _PENDING.discard(tmp)
+
+
+def _cannot_write(path: Path, exc: OSError) -> OSError:
+    folder = path.parent if str(path.parent) else Path(".")
+    reason = exc.strerror or type(exc).__name__
+    return PermissionError(exc.errno or errno.EACCES, f"cannot write {path}: the folder {folder} is not writable ({reason})")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ``OSError`` (naming ``path``) unless a file can be created in ``path``'s folder.
+
+    Cheap (creates and removes an empty temporary file): call it before expensive work whose
+    result goes to ``path``.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"the output folder {folder} does not exist")
+    with _temporary_beside(path) as tmp:
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder to write to; rename it to ``path`` on success.
+
+    An existing file at ``path`` is either left as it was or replaced whole, never half-written;
+    the temporary file is removed when the block fails (or is interrupted).
+    """
+    path = Path(path)
+    with _temporary_beside(path) as tmp:
+        yield Path(tmp)
+        os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
     An existing file at ``path`` is either left as it was or replaced whole, never half-written.
+    The file gets the permissions a plain ``open()`` would give it (0666 less the umask). An
+    unwritable folder raises ``OSError`` naming ``path`` (not the temporary file).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
+    with atomic_output(path) as tmp:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+
+# -- image formats for writing ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageFormat:
+    """An image format lvae writes, as chosen by :func:`output_format`."""
+
+    name: str  # "png", "bmp", "tiff", "ppm", "pgm", "webp", "jpeg", "avif"
+    label: str  # as printed: "PNG", "WebP", ...
+    pillow: str  # Pillow's format name
+    suffixes: tuple[str, ...]  # the first is the default
+    lossy: bool  # needs a quality (JPEG, AVIF); WebP is lossless without one
+    takes_quality: bool
+    quality: int | None = None  # None: lossless
+
+    @property
+    def suffix(self) -> str:
+        return self.suffixes[0]
+
+    @property
+    def lossless(self) -> bool:
+        return self.quality is None
+
+    def describe(self) -> str:
+        return f"{self.label} ({'lossless' if self.quality is None else f'quality {self.quality}'})"
+
+
+IMAGE_FORMATS = {
+    f.name: f
+    for f in (
+        ImageFormat("png", "PNG", "PNG", (".png",), False, False),
+        ImageFormat("bmp", "BMP", "BMP", (".bmp",), False, False),
+        ImageFormat("tiff", "TIFF", "TIFF", (".tif", ".tiff"), False, False),
+        ImageFormat("ppm", "PPM", "PPM", (".ppm", ".pnm"), False, False),  # gray images as P5, RGB as P6
+        ImageFormat("pgm", "PGM", "PPM", (".pgm",), False, False),  # grayscale only
+        ImageFormat("webp", "WebP", "WEBP", (".webp",), False, True),  # lossless, or lossy with a quality
+        ImageFormat("jpeg", "JPEG", "JPEG", (".jpg", ".jpeg", ".jpe", ".jfif"), True, True),
+        ImageFormat("avif", "AVIF", "AVIF", (".avif",), True, True),
+    )
+}
+_ALIASES = {"jpg": "jpeg", "tif": "tiff", "pnm": "ppm"}
+_BY_SUFFIX = {s: f for f in IMAGE_FORMATS.values() for s in f.suffixes}
+
+
+def _suffix_lists() -> str:
+    lossless = " ".join(s for f in IMAGE_FORMATS.values() if not f.lossy for s in f.suffixes)
+    lossy = " ".join(s for f in IMAGE_FORMATS.values() if f.takes_quality for s in f.suffixes)
+    return f"lossless: {lossless}; lossy, with a quality: {lossy}"
+
+
+def output_format(
+    path: str | os.PathLike | None = None,
+    format: str | None = None,
+    quality: int | None = None,
+    *,
+    options: tuple[str, str] = ("format=", "quality="),
+) -> ImageFormat:
+    """The format an image written to ``path`` gets: ``format`` if given (a name of
+    :data:`IMAGE_FORMATS`, ``jpg``/``tif``/``pnm``, or Pillow's name), else the suffix of ``path``
+    (PNG when it has none). Raises ``ValueError``, with what to do, for an unknown or contradictory
+    format, a lossy format without ``quality`` (JPEG, AVIF), or a ``quality`` for a format that is
+    always lossless. ``options`` names the two options in messages (the command line passes
+    ``("--format ", "--quality ")``).
+    """
+    fmt_opt, q_opt = options
+    path = Path(path) if path is not None else None
+    suffix = path.suffix.lower() if path is not None else ""
+    from_suffix = _BY_SUFFIX.get(suffix)
+    if format is not None:
+        key = str(format).lower().lstrip(".")
+        key = _ALIASES.get(key, key)
+        chosen = IMAGE_FORMATS.get(key)
+        if chosen is None:
+            raise ValueError(f"lvae does not write {format!r} images ({_suffix_lists()})")
+        if from_suffix is not None and from_suffix.pillow != chosen.pillow:
+            raise ValueError(f"the name {path} says {from_suffix.label} but {fmt_opt}{format} says {chosen.label}")
+    elif not suffix:
+        chosen = IMAGE_FORMATS["png"]
+    elif from_suffix is None:
+        raise ValueError(f"lvae does not write {suffix} images ({_suffix_lists()}); name the file with one of "
+                         f"these suffixes, or give {fmt_opt}NAME")
+    else:
+        chosen = from_suffix
+    where = f"{path}: " if path is not None and path.name else (f"{fmt_opt}{format}: " if format else "")
+    if quality is not None:
+        if isinstance(quality, bool) or int(quality) != quality or not 1 <= quality <= 100:
+            raise ValueError(f"the quality must be an integer from 1 to 100, got {quality!r}")
+        if not chosen.takes_quality:
+            raise ValueError(f"{where}{chosen.label} is lossless and written as decoded: {q_opt}Q applies only to "
+                             "the lossy formats (JPEG, AVIF, lossy WebP)")
+        chosen = dataclasses.replace(chosen, quality=int(quality))
+    elif chosen.lossy:
+        raise ValueError(f"{where}{chosen.label} is lossy and would degrade the decoded image a second time: choose "
+                         f"its quality with {q_opt}Q (1-100), or write a lossless format such as .png")
+    if chosen.pillow in ("AVIF", "WEBP"):
+        _check_pillow_writes(chosen)
+    return chosen
+
+
+def _check_pillow_writes(fmt: ImageFormat) -> None:
+    from PIL import features
+
+    if not features.check(fmt.name):
+        raise ValueError(f"this Pillow cannot write {fmt.label} images; choose another format")
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    """What :func:`save_image` wrote."""
+
+    path: Path
+    format: ImageFormat  # with its quality (None: lossless)
+    colour: str  # "gray" or "rgb"
+
+    def describe(self) -> str:
+        """E.g. ``gray PNG (lossless)``, ``RGB JPEG (quality 90)``."""
+        return f"{'gray' if self.colour == 'gray' else 'RGB'} {self.format.describe()}"
 
 
 WRITER_TAG = "lvae"
 
 
 def written_by_lvae(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a PNG that :func:`save_image` wrote (its Software text chunk says lvae)."""
+    """True when ``path`` is an image :func:`save_image` wrote and marked: a PNG (Software text
+    chunk), JPEG (comment) or TIFF (Software tag) saying lvae. Other formats carry no mark."""
     try:
         with Image.open(path) as im:
-            return im.format == "PNG" and getattr(im, "text", {}).get("Software") == WRITER_TAG
-    except (OSError, ValueError, Image.DecompressionBombError):
+            if im.format == "PNG":
+                return getattr(im, "text", {}).get("Software") == WRITER_TAG
+            if im.format == "JPEG":
+                return im.info.get("comment") == WRITER_TAG.encode()
+            if im.format == "TIFF":
+                return im.tag_v2.get(305) == WRITER_TAG
+            return False
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         return False
 
 
-def save_image(img: torch.Tensor, path: str | os.PathLike, format: str | None = None) -> None:
-    """Save a [0, 1] image tensor (PNG unless the extension or ``format`` says otherwise), atomically."""
+def save_image(
+    img: torch.Tensor, path: str | os.PathLike, format: str | None = None, *, quality: int | None = None
+) -> SavedImage:
+    """Save a [0, 1] image tensor (1×3×H×W RGB, or 1×1×H×W grayscale), atomically.
+
+    The format is ``format`` or the suffix's (PNG when there is none): see :func:`output_format`.
+    Lossless formats store the rounded 8-bit image exactly; JPEG and AVIF need ``quality``
+    (1–100), and WebP is lossless unless ``quality`` is given. PNG, JPEG and TIFF files are
+    marked as written by lvae (:func:`written_by_lvae`). Returns what was written.
+    """
     import io
 
     path = Path(path)
+    fmt = output_format(path, format, quality)
     pil = tensor_to_image(img)
-    fmt = format or (Image.registered_extensions().get(path.suffix.lower()) if path.suffix else None) or "PNG"
-    buf = io.BytesIO()
-    if fmt == "PNG":  # marks the image as lvae's own output (the CLI overwrites only those on advice)
+    colour = "gray" if pil.mode == "L" else "rgb"
+    if fmt.name == "pgm" and colour != "gray":
+        raise ValueError(f"{path}: PGM holds grayscale images only and this one is in colour; write .ppm or .png")
+    kwargs: dict = {}
+    if fmt.pillow == "PNG":  # marks the image as lvae's own output (the CLI overwrites only those on advice)
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         info.add_text("Software", WRITER_TAG)
-        pil.save(buf, format=fmt, pnginfo=info)
-    else:
-        pil.save(buf, format=fmt)
+        kwargs["pnginfo"] = info
+    elif fmt.pillow == "JPEG":
+        kwargs.update(quality=fmt.quality, comment=WRITER_TAG.encode())
+    elif fmt.pillow == "TIFF":
+        kwargs["tiffinfo"] = {305: WRITER_TAG}
+    elif fmt.pillow == "WEBP":
+        kwargs.update({"lossless": True} if fmt.quality is None else {"quality": fmt.quality})
+    elif fmt.pillow == "AVIF":
+        kwargs["quality"] = fmt.quality
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt.pillow, **kwargs)
     atomic_write_bytes(path, buf.getvalue())
+    return SavedImage(path, fmt, colour)

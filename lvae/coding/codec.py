@@ -8,13 +8,21 @@ Nothing here knows the network's insides.
 Rate targets (``target_bytes``, ``target_bpp``, ``target_psnr``) are met by bisection over ln λ:
 2 encodes (or forward passes, for PSNR) at the ends of the λ range, then at most
 ``SEARCH_STEPS`` (= 12) more, stopping early once the λ bracket is narrower than 0.1 %.
+
+Colour types. A 1×1×H×W (grayscale) image is coded as its three equal channels and recorded as
+``gray`` in the container (version 2); decoding such a file gives a 1×1×H×W image, the mean of
+the decoded R, G and B (:func:`delivered_image`). The authors' layout records no colour type: a
+gray image coded in it decodes as RGB.
+
+PSNR, wherever this module reports or targets it, is that of what a user gets (:func:`delivered_psnr`):
+the decoded image in the file's colour type, rounded to 8 bits, against the source.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BitstreamError
-from ..io import atomic_write_bytes, load_image
-from ..metrics import psnr
+from ..io import atomic_write_bytes, check_writable, read_image
+from ..metrics import mse_to_psnr
 from . import container as bitstream
 from .latent import CodedLatent
 
 __all__ = [
-    "CompressResult", "CompressionMixin", "pad_image", "weights_fingerprint", "SEARCH_STEPS", "DEFAULT_MAX_PIXELS",
+    "CompressResult", "CompressionMixin", "pad_image", "weights_fingerprint", "delivered_image", "delivered_psnr",
+    "SEARCH_STEPS", "DEFAULT_MAX_PIXELS",
 ]
 
 SEARCH_STEPS = 12
@@ -43,11 +52,13 @@ class CompressResult:
     path: Path | None
     num_bytes: int
     bpp: float  # file bits / original pixels
-    psnr: float  # dB, RGB in [0, 1], of the image the file decodes to (NaN if not measured)
+    psnr: float  # dB, of the 8-bit image the file decodes to, in its colour type (NaN if not measured)
     lmb: float
     height: int
     width: int
     encodes: int  # real encodes spent (1 without a target)
+    colour: str = "rgb"  # the colour type the file decodes to: "rgb", or "gray" (recorded for gray sources)
+    alpha_dropped: bool = False  # compress_file: the source's transparency was dropped (not fully opaque)
 
 
 def pad_image(im: torch.Tensor, stride: int) -> torch.Tensor:
@@ -59,10 +70,31 @@ def pad_image(im: torch.Tensor, stride: int) -> torch.Tensor:
     return F.pad(im, (0, pw, 0, ph), mode="replicate")
 
 
+def delivered_image(decoded: torch.Tensor, colour: str) -> torch.Tensor:
+    """The image a file of colour type ``colour`` gives back, from the model's RGB decode:
+    itself for ``rgb``; for ``gray``, the mean of R, G and B (1×1×H×W)."""
+    if colour == "gray":
+        return decoded.mean(dim=1, keepdim=True)
+    return decoded
+
+
+def delivered_psnr(decoded: torch.Tensor, source: torch.Tensor) -> float:
+    """PSNR (dB) of what a user gets: ``decoded`` (already in its colour type) rounded to 8 bits,
+    against ``source`` (1×C×H×W in [0, 1]; a gray source against an RGB decode counts in all
+    three channels). The one measurement behind ``CompressResult.psnr`` and ``target_psnr``."""
+    # rounded exactly as lvae.io.tensor_to_image rounds what it writes (float32), then compared in float64
+    q = torch.round(decoded.detach().float().clamp(0, 1) * 255).double() / 255
+    ref = source.detach().double().to(q.device)
+    if ref.shape[1] != q.shape[1]:
+        ref = ref.expand(-1, q.shape[1], -1, -1) if ref.shape[1] == 1 else ref
+        q = q.expand(-1, ref.shape[1], -1, -1) if q.shape[1] == 1 else q
+    return mse_to_psnr(float(((q - ref) ** 2).mean()))
+
+
 def _check_input(im: torch.Tensor) -> torch.Tensor:
-    if not torch.is_tensor(im) or im.dim() != 4 or im.shape[0] != 1 or im.shape[1] != 3:
+    if not torch.is_tensor(im) or im.dim() != 4 or im.shape[0] != 1 or im.shape[1] not in (1, 3):
         shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
-        raise ValueError(f"expected one RGB image as a 1×3×H×W tensor, got {shape}")
+        raise ValueError(f"expected one image as a 1×3×H×W (RGB) or 1×1×H×W (gray) tensor, got {shape}")
     if im.shape[2] < 1 or im.shape[3] < 1:
         raise ValueError(f"image is empty ({im.shape[2]}×{im.shape[3]})")
     if not im.is_floating_point():
@@ -102,7 +134,7 @@ class CompressionMixin:
     """Adds byte- and file-level coding to a model with ``encode_latents``/``decompress_latents``."""
 
     # -- one real encode ---------------------------------------------------------------------
-    def _encode(self, im: torch.Tensor, lmb: float, format: str) -> bytes:
+    def _encode(self, im: torch.Tensor, lmb: float, format: str, colour: str = "rgb") -> bytes:
         h, w = im.shape[2:]
         x = pad_image(im, self.max_stride)
         coded, _ = self.encode_latents(x, lmb)
@@ -113,7 +145,8 @@ class CompressionMixin:
         if not self.name:
             raise ValueError("the model has no registered name to record in the file; build it with lvae.get_model()")
         return bitstream.pack(
-            self.name, lmb, h, w, strings, checks=[c.check for c in coded], fingerprint=weights_fingerprint(self)
+            self.name, lmb, h, w, strings, checks=[c.check for c in coded], fingerprint=weights_fingerprint(self),
+            colour=colour,
         )
 
     @torch.no_grad()
@@ -142,7 +175,8 @@ class CompressionMixin:
     ) -> tuple[bytes, CompressResult]:
         """Like :meth:`compress`, also returning a :class:`CompressResult`.
 
-        With ``compute_psnr`` the file is decoded once to measure the PSNR of what it holds.
+        With ``compute_psnr`` the file is decoded once to measure the PSNR of what it gives back
+        (8-bit, in its colour type: :func:`delivered_psnr`).
         """
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
@@ -150,14 +184,17 @@ class CompressionMixin:
                                  ("target_psnr", target_psnr)) if v is not None]
         if len(chosen) > 1:
             raise ValueError(f"give at most one of lmb, target_bpp, target_bytes, target_psnr (got {', '.join(chosen)})")
-        im = _check_input(im).to(next(self.parameters()).device)
-        h, w = im.shape[2:]
+        source = _check_input(im).to(next(self.parameters()).device)
+        h, w = source.shape[2:]
+        # A gray source is coded as three equal channels; only the lvae container records "gray".
+        colour = "gray" if source.shape[1] == 1 and format == "lvae" else "rgb"
+        im = source if source.shape[1] == 3 else source.expand(-1, 3, -1, -1).contiguous()
         encodes = 0
 
         def encode(value: float) -> bytes:
             nonlocal encodes
             encodes += 1
-            return self._encode(im, value, format)
+            return self._encode(im, value, format, colour)
 
         if target_bpp is not None or target_bytes is not None:
             if target_bpp is not None:
@@ -180,13 +217,16 @@ class CompressionMixin:
         elif target_psnr is not None:
             if not math.isfinite(target_psnr):
                 raise ValueError(f"target_psnr must be a finite number, got {target_psnr}")
-            value = self._search_psnr(im, float(target_psnr))
+            value = self._search_psnr(im, source, colour, float(target_psnr))
             data = encode(value)
         else:
             value = self._lmb_value(self.default_lmb if lmb is None else lmb)
             data = encode(value)
-        quality = psnr(self.decompress(data), im) if compute_psnr else float("nan")
-        result = CompressResult(None, len(data), 8 * len(data) / (h * w), quality, value, h, w, encodes)
+        quality = delivered_psnr(self.decompress(data), source) if compute_psnr else float("nan")
+        if target_psnr is not None and quality < target_psnr:  # the search measured reconstruct(): the same image
+            raise RuntimeError(f"internal error: the file decodes to {quality:.4f} dB, below the {target_psnr:g} dB "
+                               "its λ reached in the search; please report it")
+        result = CompressResult(None, len(data), 8 * len(data) / (h * w), quality, value, h, w, encodes, colour)
         return data, result
 
     def compress(
@@ -199,12 +239,14 @@ class CompressionMixin:
         target_psnr: float | None = None,
         format: str = "lvae",
     ) -> bytes:
-        """Compress one image (1×3×H×W in [0, 1], any size ≥ 1×1) into a complete file's bytes.
+        """Compress one image (1×3×H×W RGB or 1×1×H×W gray, in [0, 1], any size ≥ 1×1) into a
+        complete file's bytes. A gray image is recorded as such and decodes to a gray image.
 
         Give at most one of: ``lmb`` (default :attr:`default_lmb`); ``target_bytes`` / ``target_bpp``
         (the highest quality whose real file fits the budget; never over it); ``target_psnr`` (the
-        smallest file whose decoded image reaches that PSNR). An impossible target raises ValueError.
-        ``format='legacy'`` writes the QARV authors' layout instead of lvae's container.
+        smallest file whose decoded image, rounded to 8 bits, reaches that PSNR). An impossible
+        target raises ValueError. ``format='legacy'`` writes the QARV authors' layout instead of
+        lvae's container.
         """
         return self.compress_with_result(
             im, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr, format=format,
@@ -239,11 +281,13 @@ class CompressionMixin:
                 b = math.log(mid)
         return best
 
-    def _search_psnr(self, im: torch.Tensor, target: float) -> float:
+    def _search_psnr(self, im: torch.Tensor, source: torch.Tensor, colour: str, target: float) -> float:
+        """The smallest λ whose decoded image, as delivered (8-bit, in ``colour``), reaches ``target``
+        dB against ``source``; ``im`` is what the model codes (1×3×H×W)."""
         lo, hi = (self._lmb_value(v) for v in self.lmb_range)
 
         def quality(value: float) -> float:
-            return psnr(self._reconstruct_padded(im, value), im)
+            return delivered_psnr(delivered_image(self._reconstruct_padded(im, value), colour), source)
 
         q_hi = quality(hi)
         if q_hi < target:
@@ -275,7 +319,8 @@ class CompressionMixin:
         num_latents: int | None = None,
         ignore_weights_mismatch: bool = False,
     ) -> torch.Tensor:
-        """Decode a file's bytes (lvae container or the authors' layout) to 1×3×H×W in [0, 1].
+        """Decode a file's bytes (lvae container or the authors' layout) to 1×3×H×W in [0, 1]
+        (1×1×H×W for a file recorded as grayscale: the mean of the decoded R, G and B).
 
         ``num_latents=k`` decodes only the first ``k`` latent strings (0 ≤ k ≤ the strings the
         file holds); the deeper latents take their prior mean, a coarser image. The default
@@ -332,7 +377,7 @@ class CompressionMixin:
         im = self.postprocess(x_hat)[:, :, : header.height, : header.width]
         if not bool(torch.isfinite(im).all()):
             raise BitstreamError("the file decodes to non-finite values: it is corrupted")
-        return im
+        return delivered_image(im, header.colour)
 
     def compress_file(
         self,
@@ -345,22 +390,29 @@ class CompressionMixin:
         target_psnr: float | None = None,
         format: str = "lvae",
     ) -> CompressResult:
-        """Compress an image file to ``out_path`` (written atomically; the input is never overwritten)."""
+        """Compress an image file to ``out_path`` (written atomically; the input is never overwritten).
+
+        The image is read by :func:`lvae.io.read_image`: a grayscale source is recorded as gray
+        (``result.colour``) and decodes to a gray image; ``result.alpha_dropped`` says that
+        transparency was lost. ``out_path``'s folder is checked for writing before any coding.
+        """
         image_path, out_path = Path(image_path), Path(out_path)
         if out_path.exists() and image_path.exists() and out_path.resolve() == image_path.resolve():
             raise ValueError(f"refusing to overwrite the input image {image_path} with its compressed file")
-        im = load_image(image_path)
+        check_writable(out_path)
+        loaded = read_image(image_path)
         data, result = self.compress_with_result(
-            im, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr, format=format
+            loaded.tensor, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr,
+            format=format,
         )
         atomic_write_bytes(out_path, data)
-        return CompressResult(out_path, result.num_bytes, result.bpp, result.psnr, result.lmb,
-                              result.height, result.width, result.encodes)
+        return replace(result, path=out_path, alpha_dropped=loaded.alpha_dropped)
 
     def decompress_file(self, path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-        """Decode a compressed file (either layout) to a 1×3×H×W tensor in [0, 1].
+        """Decode a compressed file (either layout) to a 1×3×H×W tensor in [0, 1] (1×1×H×W for a
+        grayscale source).
 
-        Save it with :func:`lvae.io.save_image` (PNG, atomic).
+        Save it with :func:`lvae.io.save_image` (PNG unless its suffix says otherwise; atomic).
         """
         path = Path(path)
         if not path.is_file():
