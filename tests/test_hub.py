@@ -81,15 +81,29 @@ def test_garbage_file_is_a_checkpoint_error(tmp_path):
         lvae.get_model("qarv_tiny", pretrained=str(path2))
 
 
-def test_pickled_code_is_not_executed(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _CreatesFile:
+    """Unpickling this calls ``open(marker, 'w')``: the file exists afterwards iff the pickle ran code."""
 
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_pickled_code_is_not_executed(tmp_path, wrapped):
+    marker = tmp_path / "pickle-ran"
+    payload = _CreatesFile(marker)
     path = tmp_path / "evil.pt"
-    torch.save({"model": Evil()}, path)
-    with pytest.raises(CheckpointError):
+    torch.save({"model": payload} if wrapped else {"bias": payload}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):  # refused by the safe unpickler
         lvae.get_model("qarv_tiny", pretrained=str(path))
+    assert not marker.exists(), "loading the checkpoint ran code from its pickle"
+    # the payload is live: an unsafe load does run it (so the assertion above can fail)
+    loaded = torch.load(path, weights_only=False)
+    next(iter(loaded.values())).close()
+    assert marker.exists()
 
 
 def test_missing_local_file(tmp_path):

@@ -98,3 +98,85 @@ def test_shipped_anchors():
     assert anchors.anchors_for("no-such-set") == []
     with pytest.raises(ValueError, match="no shipped anchor curve 'vtm18.0' for test set 'kodak3'"):
         anchors.load_anchor("kodak3")
+
+
+def _cubic_log_rate(q):
+    return 0.002 * (q - 20) ** 3 - 0.05 * (q - 20) ** 2 + 0.3 * q - 8
+
+
+@pytest.mark.parametrize(
+    "anchor_q, test_q",
+    [
+        ((20.0, 35.0), (25.0, 45.0)),  # overlapping: the shared interval is [25, 35]
+        ((25.0, 45.0), (20.0, 35.0)),  # the same, the other way round
+        ((25.0, 35.0), (20.0, 45.0)),  # the test curve extends beyond the anchor on both sides
+        ((20.0, 45.0), (30.0, 40.0)),  # the anchor extends beyond the test curve
+    ],
+)
+def test_bd_rate_integrates_over_the_shared_psnr_interval(anchor_q, test_q):
+    """Curves with different PSNR ranges and a known answer.
+
+    Both log-rates are exact cubics (so the fits are exact); the test curve's log-rate exceeds the
+    anchor's by ``0.1·(q − 30)``, whose mean over the shared interval [lo, hi] is
+    ``0.1·((lo + hi)/2 − 30)``: the BD-rate is ``exp(that) − 1``. Integrating over either curve's
+    own range (or their union) gives another value in every case above.
+    """
+    qa = np.linspace(*anchor_q, 9)
+    qt = np.linspace(*test_q, 7)
+    ra = np.exp(_cubic_log_rate(qa))
+    rt = np.exp(_cubic_log_rate(qt) + 0.1 * (qt - 30))
+    lo, hi = max(anchor_q[0], test_q[0]), min(anchor_q[1], test_q[1])
+    expected = (math.exp(0.1 * ((lo + hi) / 2 - 30)) - 1) * 100
+    assert bd_rate(ra, qa, rt, qt) == pytest.approx(expected, abs=1e-6)
+    # swapping the roles inverts the rate ratio over the same interval
+    assert bd_rate(rt, qt, ra, qa) == pytest.approx((math.exp(-0.1 * ((lo + hi) / 2 - 30)) - 1) * 100, abs=1e-6)
+
+
+def test_mse_of_two_nonzero_images_and_channel_check():
+    a = torch.full((2, 3, 4, 4), 0.75)
+    b = torch.full((2, 3, 4, 4), 0.5)
+    assert mse(a, b) == pytest.approx(0.0625) and psnr(a, b) == pytest.approx(-10 * math.log10(0.0625))
+    for bad in ((1, 1, 4, 4), (1, 4, 4, 4), (3, 4, 4)):
+        with pytest.raises(ValueError, match=r"expected N×3×H×W images, got \(" + ", ".join(map(str, bad)) + r"\)"):
+            mse(torch.zeros(bad), torch.zeros(bad))
+    with pytest.raises(ValueError, match=r"images differ in shape: \(2, 3, 4, 4\) vs \(2, 3, 4, 5\)"):
+        mse(a, torch.zeros(2, 3, 4, 5))
+
+
+def test_ms_ssim_is_the_five_scale_index_on_the_unit_range():
+    from pytorch_msssim import ms_ssim as reference
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 3, MS_SSIM_MIN_SIDE, 170, generator=g)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    expected = float(reference(a, b, data_range=1.0, size_average=True))
+    assert ms_ssim(a, b) == pytest.approx(expected, abs=1e-6)  # a batch of two: their mean
+    assert ms_ssim(a, b) != pytest.approx(float(reference(a, b, data_range=255.0, size_average=True)), abs=1e-3)
+    assert ms_ssim(a.double(), b.double()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_bd_rate_computes_in_float64_whatever_the_input():
+    vtm = anchors.load_anchor("kodak", "vtm18.0")["results"]
+    qarv = anchors.load_anchor("kodak", "qarv_base")["results"]
+    exact = bd_rate(vtm["bpp"], vtm["psnr"], qarv["bpp"], qarv["psnr"])
+    as32 = [np.asarray(v, dtype=np.float32) for v in (vtm["bpp"], vtm["psnr"], qarv["bpp"], qarv["psnr"])]
+    as64 = [v.astype(np.float64) for v in as32]  # the same float32 values, computed in float64
+    assert bd_rate(*as32) == bd_rate(*as64)
+    assert bd_rate(*as64) == pytest.approx(exact, abs=1e-4)
+    ints = bd_rate([1, 2, 4, 8], [30, 33, 35, 36], [1, 2, 4, 8], [31, 33, 35, 37])
+    assert ints == bd_rate([1.0, 2.0, 4.0, 8.0], [30.0, 33.0, 35.0, 36.0], [1.0, 2.0, 4.0, 8.0], [31.0, 33.0, 35.0, 37.0])
+
+
+@pytest.mark.parametrize("which", ["anchor", "test"])
+def test_bd_rate_errors_name_the_curve(which):
+    good = ([1, 2, 3, 4], [30, 31, 32, 33])
+    bad = ([1, 2, 3], [30, 31, 32])
+    args = (*bad, *good) if which == "anchor" else (*good, *bad)
+    with pytest.raises(ValueError, match=f"^{which}: a cubic fit needs at least 4 rate–PSNR points, got 3$"):
+        bd_rate(*args)
+
+
+def test_bd_rate_curves_touching_at_one_psnr_share_no_interval():
+    with pytest.raises(ValueError, match=r"^the two curves share no PSNR interval \(anchor 30\.00–33\.00 dB, "
+                                         r"test 33\.00–36\.50 dB\)$"):
+        bd_rate([1, 2, 3, 4], [30, 31, 32, 33], [1, 2, 3, 4], [33, 34, 35, 36.5])

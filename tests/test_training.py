@@ -151,6 +151,39 @@ def test_spike_guard_uses_median_of_last_100():
     assert not SpikeGuard().check(1e9)  # empty history: never a spike
 
 
+def test_schedules_at_their_edges():
+    assert lr_factor("cosine", 0, 100, lrf_min=0.1) == 1.0
+    assert lr_factor("cosine", 100, 100, lrf_min=0.1) == pytest.approx(0.1)
+    assert lr_factor("cosine", 25, 100, lrf_min=0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor("cosine", 250, 100, lrf_min=0.1) == pytest.approx(0.1)  # past the end: the end
+    assert lr_factor("cosine", -5, 100, lrf_min=0.1) == 1.0  # before the start: the start
+    assert lr_factor("const-0.5-cos", 5, 11) == 1.0 and lr_factor("const-0.5-cos", 6, 11) < 1.0  # half = 5.5
+    assert lr_factor("const-0.5-cos", 1, 1) == pytest.approx(0.01)
+    assert lr_factor("cosine", 9, 100, warmup=10) == pytest.approx(lr_factor("cosine", 9, 100))  # last warm-up step: full
+    assert lr_factor("cosine", 0, 100, warmup=4) == pytest.approx(0.25)
+    assert lr_factor("constant", 10, 100, warmup=10) == 1.0
+    assert lr_factor("constant", 0, 100, warmup=0) == 1.0
+    for total in (0, -3):
+        with pytest.raises(ValueError, match=f"^total iterations must be at least 1, got {total}$"):
+            lr_factor("constant", 0, total)
+    with pytest.raises(ValueError, match=r"^unknown lr schedule 'step' \(known: const-0.5-cos, cosine, constant\)$"):
+        lr_factor("step", 0, 10)
+
+
+def test_spike_guard_defaults_and_non_finite_norms():
+    guard = SpikeGuard()
+    assert guard.factor == 10.0 and guard.history.maxlen == 100
+    small = SpikeGuard(factor=2.0, window=3)
+    for n in (1.0, math.nan, 1.0, math.inf, 1.0):
+        assert small.check(n) is False
+    assert list(small.history) == [1.0, 1.0, 1.0]  # non-finite norms are not recorded
+    assert small.check(2.0) is False and small.check(2.01) is True  # strictly above factor × median
+    assert small.state_dict() == {"history": [1.0, 2.0, 2.01]}
+    small.load_state_dict({"history": [4, 5]})
+    assert list(small.history) == [4.0, 5.0] and all(isinstance(v, float) for v in small.history)
+    assert small.check(100.0) is False  # the window is not full again yet
+
+
 def test_ema_decay_schedule_and_update():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

@@ -4,6 +4,7 @@ Training images: tests/data/train_small (12 BSDS500 images downscaled by 3, see 
 Timings below were measured on a shared 2-core machine with one thread per process.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import torch
 
 import lvae
 from lvae.training import main
+from lvae.training import trainer as trainer_module
 from lvae.training.checkpoint import load_training_checkpoint
 from lvae.training.schedule import lr_factor
 
@@ -84,10 +86,52 @@ def test_training_lowers_the_loss_and_resumes(tmp_path, one_thread):
     assert load_training_checkpoint(run / "last.pt")["iteration"] == 320
 
 
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, one_thread):
+def assert_identical(a, b, path="checkpoint"):
+    """``a`` and ``b`` hold the same keys, lengths, types and exact values, all the way down."""
+    assert type(a) is type(b), (path, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a.keys()) == list(b.keys()), path
+        for k in a:
+            assert_identical(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{i}]")
+    elif torch.is_tensor(a):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), path
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), path
+    else:
+        assert a == b, (path, a, b)
+
+
+def test_assert_identical_sees_every_difference():
+    base = {"o": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}}, "groups": [{"lr": 1e-3}]}}
+    assert_identical(base, {"o": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
+                                  "groups": [{"lr": 1e-3}]}})
+    for other in (
+        {"o": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}, 1: {}}, "groups": [{"lr": 1e-3}]}},
+        {"o": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}}, "groups": [{"lr": 1e-3}, {}]}},
+        {"o": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3)}}, "groups": [{"lr": 1e-3}]}},
+        {"o": {"state": {0: {"step": torch.tensor(4.0), "exp_avg": torch.ones(2)}}, "groups": [{"lr": 1e-3}]}},
+        {"o": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}}, "groups": [{"lr": 1e-4}]}},
+    ):
+        with pytest.raises(AssertionError):
+            assert_identical(base, other)
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, one_thread, monkeypatch):
     """12 steps at once vs 7 steps + resume to 12 (constant lr, so the schedule is the same;
-    6 batches per epoch, so the resume starts mid-epoch): data order, crops, λ draws, Adam and
-    EMA state all continue exactly (~5 s)."""
+    6 batches per epoch, so the resume starts mid-epoch): data order, crops, λ draws, Adam,
+    EMA and the spike guard all continue exactly (~5 s).
+
+    The spike guard is made to judge from its 4th step, and to call a step a spike when its
+    gradient norm exceeds the median of the last 4 (``SPIKE_FACTOR`` 1): spikes (a tenth of the
+    lr, no EMA update) then happen on both sides of the resume, so a guard whose history were not
+    restored would judge steps 8–11 differently and the weights would differ.
+    """
+    monkeypatch.setattr(trainer_module, "SPIKE_WINDOW", 4)
+    monkeypatch.setattr(trainer_module, "SPIKE_FACTOR", 1.0)
     common = ("--valset", "none", "--lr_sched", "constant", "--log_every", "3", "--batch_size", "2")
     runs = tmp_path / "runs"
     assert main(tiny_args(runs, "straight", "--iterations", "12", *common)) == 0
@@ -97,12 +141,23 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, one_thre
     b = load_training_checkpoint(runs / "split" / "last.pt")
     assert a["iteration"] == b["iteration"] == 12
     assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (1, 6)
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), (key, k)
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    # spikes were flagged after the resume point, in both runs alike
+    straight = {r["iteration"]: r["spikes"] for r in records(read_log(runs / "straight"), "train")}
+    split = {r["iteration"]: r["spikes"] for r in records(read_log(runs / "split"), "train")}
+    assert straight[12] > 0 and split[12] == straight[12]
+    assert len(a["spike_guard"]["history"]) == 4
+    # everything that continues a run is the same, bit for bit
+    assert set(a) == set(b)
+    for key in sorted(set(a) - {"config"}):
+        assert_identical(a[key], b[key], key)
+    params = [p for group in a["optimizer"]["param_groups"] for p in group["params"]]
+    assert len(a["optimizer"]["state"]) == len(params) == len(list(lvae.get_model("qarv_tiny").parameters()))
+    for state in a["optimizer"]["state"].values():
+        assert set(state) == {"step", "exp_avg", "exp_avg_sq"} and float(state["step"]) == 12
+    config_a, config_b = dict(a["config"]), dict(b["config"])
+    assert (config_a.pop("name"), config_b.pop("name")) == ("straight", "split")
+    assert (config_a.pop("resume"), config_b.pop("resume")) == (None, "split")
+    assert config_a == config_b
 
 
 def test_max_minutes_saves_and_stops_then_resumes(tmp_path, one_thread):
