@@ -16,8 +16,11 @@ Two checks detect that, per latent string:
   GF(2), solved without decoding anything.
 * **The rANS end-state check** (every string, the authors' files included): decoding with the
   encoder's indexes and re-encoding the decoded symbols gives the string back byte for byte;
-  with any other index at any symbol it does not (rANS decoding is only inverted exactly when
-  the decoder ends in the encoder's initial state having consumed the whole string). It costs
+  with wrong indexes it almost never does (rANS decoding is only inverted exactly when the
+  decoder ends in the encoder's initial state having consumed the whole string). It can accept
+  another index set only where the two tables code the decoded symbols identically, and then
+  the decoded values are the encoder's too (seen in tests: a repair accepted with fewer moved
+  indexes than were moved, values correct). It costs
   a second coding pass, so it is used for files without an index-map check and to confirm a
   repair.
 
