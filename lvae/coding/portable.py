@@ -17,10 +17,10 @@ Two checks detect that, per latent string:
 * **The rANS end-state check** (every string, the authors' files included): decoding with the
   encoder's indexes and re-encoding the decoded symbols gives the string back byte for byte;
   with wrong indexes it almost never does (rANS decoding is only inverted exactly when the
-  decoder ends in the encoder's initial state having consumed the whole string). It can accept
-  another index set only where the two tables code the decoded symbols identically, and then
-  the decoded values are the encoder's too (seen in tests: a repair accepted with fewer moved
-  indexes than were moved, values correct). It costs
+  decoder ends in the encoder's initial state having consumed the whole string). It may accept
+  another index set whose tables happen to re-encode its decoded symbols to the same bytes (seen
+  in tests: a repair accepted with fewer moved indexes than were moved, the decoded values still
+  correct); files with an index-map check also pin the index map itself. It costs
   a second coding pass, so it is used for files without an index-map check and to confirm a
   repair.
 
