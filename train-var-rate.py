@@ -4,12 +4,7 @@
 Single GPU:  python train-var-rate.py --model qarv_base --batch_size 32
 Two GPUs:    torchrun --nproc_per_node 2 train-var-rate.py --model qarv_base --batch_size 16
 """
-import warnings
-
-# CompressAI (a dependency) calls torch.jit.script at import, which torch ≥ 2.10 reports on every start.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
-from lvae.training import main  # noqa: E402
+from lvae.training import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

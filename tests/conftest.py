@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import lvae
-from lvae.testing import load_fixed_reference_weights
+from lvae.models.fixed_weights import load_fixed_reference_weights
 
 DATA = Path(__file__).parent / "data"
 LAMBDAS = (16, 128, 2048)

@@ -17,8 +17,8 @@ import lvae
 from lvae import cli
 from lvae.bitstream import read_header
 from lvae.io import load_image, tensor_to_image
-from lvae.registry import model_weights
-from lvae.testing import load_fixed_reference_weights
+from lvae.models.registry import model_weights
+from lvae.models.fixed_weights import load_fixed_reference_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -330,7 +330,7 @@ def test_cuda_device_without_cuda(capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, module", [("eval", "lvae.evaluation"), ("plot", "lvae.plot")])
+@pytest.mark.parametrize("command, module", [("eval", "lvae.eval.evaluation"), ("plot", "lvae.eval.plot")])
 def test_eval_and_plot_are_delegated(command, module, monkeypatch):
     seen = []
     fake = types.ModuleType(module)
@@ -341,7 +341,7 @@ def test_eval_and_plot_are_delegated(command, module, monkeypatch):
     assert seen == [["--anything", "x"]]
 
 
-@pytest.mark.parametrize("command, module", [("eval", "lvae.evaluation"), ("plot", "lvae.plot")])
+@pytest.mark.parametrize("command, module", [("eval", "lvae.eval.evaluation"), ("plot", "lvae.eval.plot")])
 def test_eval_and_plot_unavailable(command, module, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, module, None)  # makes the import raise ImportError
     assert cli.main([command, "--help"]) == 2

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from lvae import cli
-from lvae.compare import compare
+from lvae.eval.compare import compare
 from lvae.metrics import bd_rate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

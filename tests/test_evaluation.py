@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import lvae
-from lvae import anchors, classical
-from lvae.evaluation import find_images, lambda_sweep, main
+from lvae.eval import anchors, classical
+from lvae.eval.evaluation import find_images, lambda_sweep, main
 from lvae.io import load_image
 from lvae.metrics import bd_rate, psnr
-from lvae.paths import IMAGE_EXTENSIONS
+from lvae.utils.datasets import IMAGE_EXTENSIONS
 
 REPO = Path(__file__).resolve().parent.parent
 KODAK3 = Path(__file__).parent / "data" / "kodak3"  # kodim01/04/23, downscaled 3x (see docs/evaluation.md)
@@ -134,7 +134,7 @@ def test_other_codecs(codec, tmp_path):
         with pytest.raises(RuntimeError, match="without AVIF support"):
             classical.encode(Image.new("RGB", (8, 8)), "avif", 50)
         return
-    from lvae.evaluation import evaluate_codec
+    from lvae.eval.evaluation import evaluate_codec
 
     image = KODAK3 / "kodim04.png"
     report = evaluate_codec(codec, [image], [30, 80], test_set="kodak3", progress=False)

@@ -4,9 +4,9 @@ import torch
 
 import lvae
 from lvae.errors import CheckpointError, WeightsUnavailableError
-from lvae.registry import Weights
-from lvae.hub import resolve_weights
-from lvae.testing import load_fixed_reference_weights
+from lvae.models.registry import Weights
+from lvae.models.weights import resolve_weights
+from lvae.models.fixed_weights import load_fixed_reference_weights
 
 
 @pytest.fixture()
@@ -41,7 +41,7 @@ def test_filled_tables_load_into_model_with_filled_tables(tmp_path, source):
     path = tmp_path / "c.pt"
     torch.save(source.state_dict(), path)
     target = lvae.get_model("qarv_tiny").compress_mode(True)
-    from lvae.hub import load_checkpoint_state_dict, load_state_dict_strict
+    from lvae.models.weights import load_checkpoint_state_dict, load_state_dict_strict
 
     load_state_dict_strict(target, load_checkpoint_state_dict(path))
     assert _same_params(target, source)
@@ -130,7 +130,7 @@ def test_offline_with_empty_cache_gives_instructions(tmp_path, monkeypatch):
     """qarv_base with pretrained=True, no cached file and no network: a clear, actionable error."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    from lvae import registry
+    from lvae.models import registry
 
     entry = registry._MODELS["qarv_base"]
     # NOTE: point the URL at a closed local port so the test never touches the internet.
@@ -146,7 +146,7 @@ def test_offline_with_empty_cache_gives_instructions(tmp_path, monkeypatch):
 
 
 def test_published_url_is_the_authors():
-    w = lvae.registry.model_weights("qarv_base")
+    w = lvae.models.model_weights("qarv_base")
     assert w.url.endswith("/qarv_base-2022-dec-12.pt") and w.filename == "qarv_base-2022-dec-12.pt"
 
 
@@ -156,7 +156,7 @@ def test_damaged_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch, so
     cache = tmp_path / "th" / "hub" / "checkpoints" / "fake-tiny.pt"
     cache.parent.mkdir(parents=True)
     torch.save({"model": source.state_dict()}, cache)
-    from lvae.hub import file_sha256
+    from lvae.models.weights import file_sha256
 
     good = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256=file_sha256(cache))
     assert resolve_weights("qarv_tiny", good) == cache

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvae import anchors
+from lvae.eval import anchors
 from lvae.metrics import MS_SSIM_MIN_SIDE, bd_rate, ms_ssim, mse, psnr
 
 # Published BD-rates of qarv_base against VTM 18.0 (QARV paper / SPEC.md).

@@ -137,7 +137,7 @@ def test_tiny_latent_round_trip_equals_eval_reconstruction(tiny):
 
 
 def test_parse_model_args():
-    from lvae.utils import parse_model_args
+    from lvae.utils.args import parse_model_args
 
     assert parse_model_args(None) == {}
     assert parse_model_args("{'embed_dim': 64}") == {"embed_dim": 64}

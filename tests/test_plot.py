@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from lvae.plot import main, rd_figure
+from lvae.eval.plot import main, rd_figure
 
 
 def _result(name, test_set, bpp, psnr, **extra):

@@ -12,7 +12,7 @@ import torch
 import lvae
 from lvae.coding.latent import trace
 from lvae.io import load_image
-from lvae.testing import load_fixed_reference_weights
+from lvae.models.fixed_weights import load_fixed_reference_weights
 from conftest import DATA, LAMBDAS
 
 pytestmark = [

@@ -22,7 +22,7 @@ from lvae.coding import latent as coding_latent
 from lvae.coding.latent import MAX_CHECKED_TRIALS, trace
 from lvae.coding.portable import search_plan
 from lvae.errors import BitstreamError
-from lvae.testing import load_fixed_reference_weights
+from lvae.models.fixed_weights import load_fixed_reference_weights
 from conftest import DATA, LAMBDAS
 
 WORKER = Path(__file__).parent / "tools" / "portable_worker.py"

@@ -1,71 +1,28 @@
-"""Registered models. Each entry function gives the architecture's arguments and builds it."""
+"""Models: the registry (names → entry functions and weights), the built-in models, the QARV
+network and its layers.
+
+Imports run one way: ``zoo`` → ``registry`` → ``weights``; ``qarv`` → ``layers`` and
+:mod:`lvae.coding`. Importing this package imports no torch: the network classes (``QARV``,
+``QARVConfig``, ``LatentVariableBlock``) load on first access.
+"""
 from __future__ import annotations
 
-from ..registry import Weights, register_model
-from .qarv import QARV, QARVConfig, LatentVariableBlock
+import importlib
+from typing import Any
 
-__all__ = ["QARV", "QARVConfig", "LatentVariableBlock", "qarv_base", "qarv_small", "qarv_tiny"]
+from .registry import Weights, get_model, list_models, model_weights, packaged_models, register_model
+from .zoo import qarv_base, qarv_small, qarv_tiny
 
-QARV_PAPER = "Duan et al., QARV: Quantization-Aware ResNet VAE for Lossy Image Compression, TPAMI 2023"
+__all__ = [
+    "Weights", "get_model", "list_models", "model_weights", "packaged_models", "register_model",
+    "qarv_base", "qarv_small", "qarv_tiny", "QARV", "QARVConfig", "LatentVariableBlock",
+]
 
-
-@register_model(
-    weights=Weights(
-        filename="qarv_base-2022-dec-12.pt",
-        url="https://huggingface.co/duanzh0/my-model-weights/resolve/main/qarv_base-2022-dec-12.pt",
-        license="published by the QARV authors under their own terms (not covered by lvae's MIT license)",
-        paper=QARV_PAPER,
-    )
-)
-def qarv_base(**overrides) -> QARV:
-    """The published QARV model: 93,433,400 parameters, λ ∈ [16, 2048] (about 0.2–2.2 bpp on Kodak)."""
-    return QARV(QARVConfig(**overrides))
+_NETWORK = {"QARV", "QARVConfig", "LatentVariableBlock"}
 
 
-@register_model
-def qarv_tiny(**overrides) -> QARV:
-    """A tiny QARV (same architecture, narrow and shallow) for fast CPU tests; no weights."""
-    cfg = dict(
-        enc_widths=(16, 24, 32, 32, 32),
-        enc_depths=(1, 1, 1, 1, 1),
-        enc_kernels=(7, 7, 5, 3, 1),
-        dec_widths=(32, 32, 32, 24, 16),
-        dec_num_latents=(1, 1, 1, 1),
-        dec_latent_dims=(4, 4, 8, 4),
-        dec_final_depth=1,
-        embed_dim=64,
-    )
-    cfg.update(overrides)
-    return QARV(QARVConfig(**cfg))
-
-
-# Trained by this project with train-var-rate.py on the CPU (BSDS500 + Sun-Hays 80, never Kodak);
-# two runs, configs and logs in results/training/qarv_small{,2}/ (see README). Shipped in the package.
-QARV_SMALL_SHA256 = "17af9d684243fd4210339f0ddf6b1d78fc119aeee04da8c0e249d951d8b406fc"
-
-
-@register_model(
-    weights=Weights(
-        filename="qarv_small.pt",
-        package_file="data/weights/qarv_small.pt",
-        sha256=QARV_SMALL_SHA256,
-        license="MIT, like the lvae code (trained by the lvae project)",
-        paper=QARV_PAPER,
-    )
-)
-def qarv_small(**overrides) -> QARV:
-    """A small QARV (4.39 M parameters) sized for CPU training and coding; λ ∈ [16, 2048].
-
-    ``pretrained=True`` loads the weights shipped inside the package (no network).
-    """
-    cfg = dict(
-        enc_widths=(64, 96, 128, 128, 128),
-        enc_depths=(2, 2, 2, 1, 1),
-        dec_widths=(96, 96, 96, 64, 48),
-        dec_num_latents=(1, 2, 2, 2),
-        dec_latent_dims=(16, 16, 32, 8),
-        dec_final_depth=2,
-        embed_dim=128,
-    )
-    cfg.update(overrides)
-    return QARV(QARVConfig(**cfg))
+def __getattr__(name: str) -> Any:
+    """PEP 562: the network classes load on first access."""
+    if name in _NETWORK:
+        return getattr(importlib.import_module(".qarv", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

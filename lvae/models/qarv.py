@@ -20,7 +20,7 @@ from ..coding.codec import CompressionMixin
 from ..coding.determinism import coding_arithmetic
 from ..coding.gaussian import DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
-from ..layers import (
+from .layers import (
     ConvNeXtBlockAdaLN,
     DecoderStopMark,
     FeatureMark,

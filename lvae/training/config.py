@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
-from ..utils import parse_model_args
+from ..utils.args import parse_model_args
 
 __all__ = ["ConfigError", "TrainingError", "TrainConfig", "build_parser", "parse_args", "merge_for_resume", "LR_SCHEDULES"]
 

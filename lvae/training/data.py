@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..paths import IMAGE_EXTENSIONS, list_images, resolve_dataset
+from ..utils.datasets import IMAGE_EXTENSIONS, list_images, resolve_dataset
 
 __all__ = ["ImageFolderCrops", "ResumableDistributedSampler", "load_rgb", "worker_init"]
 
@@ -25,7 +25,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 class ImageFolderCrops(Dataset):
     """Random ``crop``×``crop`` patches (float, [0, 1], 3×crop×crop) of the images in a folder.
 
-    ``root`` is a folder or a name of :data:`lvae.paths.known_datasets`; sub-folders are searched.
+    ``root`` is a folder or a name of :data:`lvae.utils.datasets.known_datasets`; sub-folders are searched.
     Images smaller than the crop are reflect-padded. Unreadable files are skipped with a warning
     (the next readable image takes their place).
     """

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import LvaeError
-from ..hub import load_checkpoint_state_dict, load_state_dict_strict
-from ..registry import get_model
+from ..models.weights import load_checkpoint_state_dict, load_state_dict_strict
+from ..models.registry import get_model
 from .checkpoint import (
     BEST,
     LAST,

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..paths import known_datasets, list_images, resolve_dataset
+from ..utils.datasets import known_datasets, list_images, resolve_dataset
 from .data import load_rgb
 from .distributed import DistContext
 
@@ -104,7 +104,7 @@ def anchor_curve(valset: str) -> dict[str, Any] | None:
     if valset not in known_datasets:
         return None
     try:
-        from ..anchors import load_anchor
+        from ..eval.anchors import load_anchor
     except ImportError:
         path = resources.files("lvae").joinpath("data", "anchors", f"{valset}-{ANCHOR}.json")
         if not path.is_file():

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import lvae  # noqa: E402
 from lvae.io import load_image  # noqa: E402
-from lvae.paths import list_images  # noqa: E402
+from lvae.utils.datasets import list_images  # noqa: E402
 
 
 def main() -> None:

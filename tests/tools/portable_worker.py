@@ -33,7 +33,7 @@ from lvae.io import load_image  # noqa: E402
 
 def build(name: str, device: str = "cpu"):
     if name == "qarv_base":
-        from lvae.testing import load_fixed_reference_weights
+        from lvae.models.fixed_weights import load_fixed_reference_weights
 
         model = load_fixed_reference_weights(lvae.get_model("qarv_base"))
     else:

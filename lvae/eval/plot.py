@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import anchors
-from .utils import OneLineArgumentParser
+from ..utils.args import OneLineArgumentParser
 
 __all__ = ["load_results", "rd_figure", "plot_rd", "main"]
 
@@ -145,7 +145,7 @@ def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str |
 
 def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike, *, dpi: int = 150) -> Path:
     """PSNR against bpp of every prefix (k = 0 … L latent strings), one line per λ, over the
-    full-file R–D curve (k = L), from :func:`lvae.evaluation.evaluate_progressive`'s report."""
+    full-file R–D curve (k = L), from :func:`lvae.eval.evaluation.evaluate_progressive`'s report."""
     from matplotlib.figure import Figure
 
     pre = report["prefixes"]

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CheckpointError, WeightsUnavailableError
+from ..errors import CheckpointError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     import torch

@@ -3,8 +3,8 @@
 ``lvae compress``, ``decompress`` and ``info`` handle each file on its own: a failure prints one
 line ``lvae: error: <file>: <message>`` on stderr and the next file goes on. Exit status: 0 when
 every file succeeded, 1 when any failed, 2 for usage errors. ``lvae eval``, ``lvae plot`` and
-``lvae bdrate`` hand their arguments to :func:`lvae.evaluation.main`, :func:`lvae.plot.main` and
-:func:`lvae.compare.main`.
+``lvae bdrate`` hand their arguments to :func:`lvae.eval.evaluation.main`, :func:`lvae.eval.plot.main` and
+:func:`lvae.eval.compare.main`.
 
 Start-up: ``lvae --help``, ``lvae info`` and ``lvae models`` import neither torch nor the model
 code (tests/test_startup_imports.py checks it); torch, tqdm and the models load in the commands
@@ -87,15 +87,15 @@ import importlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from . import __version__
-from .bitstream import read_header, truncate
-from .errors import BitstreamError, LvaeError, WeightsUnavailableError
-from .registry import get_model, list_models, model_weights
+from .. import __version__
+from ..bitstream import read_header, truncate
+from ..errors import BitstreamError, LvaeError, WeightsUnavailableError
+from ..models.registry import get_model, list_models, model_weights
 
 if TYPE_CHECKING:
     import torch
 
-    from .io import ImageFormat
+    from ..io import ImageFormat
 
 __all__ = ["main", "build_parser"]
 
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registered models and whether their weights are available offline")
 
     for name, module in DELEGATED.items():
-        sub.add_parser(name, help=f"run lvae.{module} (see `lvae {name} --help`)", add_help=False)
+        sub.add_parser(name, help=f"run lvae.eval.{module} (see `lvae {name} --help`)", add_help=False)
     return parser
 
 
@@ -353,7 +353,7 @@ class _Outputs:
             raise IsADirectoryError(f"the output {out} is a directory")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"the output folder {out.parent} does not exist")
-        from .io import check_writable
+        from ..io import check_writable
 
         check_writable(out)  # before any decoding or encoding: name the real output, not a temporary
         return out
@@ -385,7 +385,7 @@ class _Models:
 
 
 def _written_by_lvae(path: Path) -> bool:
-    from .io import written_by_lvae
+    from ..io import written_by_lvae
 
     return written_by_lvae(path)
 
@@ -458,7 +458,7 @@ def _refuse_existing(path: Path, force: bool) -> None:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from .io import atomic_output, check_writable, save_image, tensor_to_image
+    from ..io import atomic_output, check_writable, save_image, tensor_to_image
 
     fmt: ImageFormat = args.image_format_resolved
     models = _Models(args.weights, args.device)
@@ -501,7 +501,7 @@ def _decompress(args: argparse.Namespace) -> int:
                              f"{8 * prefix_bytes / pixels:.4f} bpp, {saved.describe()}")
             outputs.done(out)
             if figure is not None:
-                from .plot import plot_progressive
+                from ..eval.plot import plot_progressive
 
                 with atomic_output(figure) as tmp:
                     plot_progressive(shown, labels, tmp, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
@@ -520,7 +520,7 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _truncate(args: argparse.Namespace) -> int:
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     src, out = Path(args.file), Path(args.output)
     try:
@@ -598,7 +598,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _weights_status(name: str) -> tuple[str, str]:
     """('yes' | 'no', where the weights are or how to get them) for the ``models`` listing."""
-    from .hub import locate_weights
+    from ..models.weights import locate_weights
 
     w = model_weights(name)
     if w is None:
@@ -624,7 +624,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _delegate(command: str, argv: list[str]) -> int:
-    module = f"lvae.{DELEGATED[command]}"
+    module = f"lvae.eval.{DELEGATED[command]}"
     try:
         entry = importlib.import_module(module).main
     except (ImportError, AttributeError) as exc:
@@ -701,7 +701,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")
     if args.command == "decompress":
         # The output format is settled before anything is decoded: a lossy one must be asked for.
-        from .io import output_format
+        from ..io import output_format
 
         try:
             args.image_format_resolved = output_format(

@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 
 from . import anchors, classical
-from .errors import LvaeError
-from .metrics import MS_SSIM_MIN_SIDE, ms_ssim, mse, mse_to_psnr, bd_rate
-from .paths import IMAGE_EXTENSIONS, known_datasets, list_images, resolve_dataset
-from .utils import OneLineArgumentParser
+from ..errors import LvaeError
+from ..metrics import MS_SSIM_MIN_SIDE, ms_ssim, mse, mse_to_psnr, bd_rate
+from ..utils.datasets import IMAGE_EXTENSIONS, known_datasets, list_images, resolve_dataset
+from ..utils.args import OneLineArgumentParser
 
 __all__ = [
     "lambda_sweep",
@@ -83,7 +83,7 @@ def load_model(
     published weights, or random weights if it has none.
     """
     import lvae
-    from .registry import model_weights
+    from ..models.registry import model_weights
 
     has_published = model_weights(name) is not None  # ValueError for an unknown name
     if weights is None:
@@ -139,7 +139,7 @@ def _sweep(
         raise ValueError(f"the rate points repeat: {', '.join(f'{p:g}' for p in points)}")
     from tqdm import tqdm
 
-    from .io import load_image
+    from ..io import load_image
 
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -260,7 +260,7 @@ def evaluate_model(
         return model.decompress(data)
 
     if device.type == "cuda" and images and lambdas:
-        from .io import load_image
+        from ..io import load_image
 
         model.decompress(model.compress(load_image(images[0]).to(device), lmb=lambdas[0]))
     rows, results, timings = _sweep(images, lambdas, "lmb", ".bits", encode, decode, device, progress)
@@ -283,8 +283,8 @@ def evaluate_progressive(
     its first k = 0 … L latent strings (the size of a prefix is that of its truncated file)."""
     from tqdm import tqdm
 
-    from .bitstream import truncate
-    from .io import load_image
+    from ..bitstream import truncate
+    from ..io import load_image
 
     device = next(model.parameters()).device
     lambdas = [float(v) for v in lambdas]
@@ -432,7 +432,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.codec is not None:
         report = evaluate_codec(args.codec, images, args.qualities, test_set=test_set, folder=folder, progress=progress)
     else:
-        from .utils import parse_model_args
+        from ..utils.args import parse_model_args
 
         model_args = parse_model_args(args.model_args)
         model, weights = load_model(args.model, args.weights, model_args, device)

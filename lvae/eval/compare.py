@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .metrics import bd_rate
+from ..metrics import bd_rate
 from .plot import load_results
-from .utils import OneLineArgumentParser
+from ..utils.args import OneLineArgumentParser
 
 __all__ = ["compare", "main"]
 

@@ -1,0 +1,89 @@
+"""The built-in models: each entry function gives the architecture's arguments and builds it.
+
+This module imports no torch: the network (:mod:`.qarv`) is imported when an entry function is
+called, so listing models and their weights (``lvae models``) stays light. A new model plugs in
+the same way from any module: ``@register_model(weights=Weights(...))`` on a function that
+returns an ``nn.Module`` (see docs/architecture.md).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .registry import Weights, register_model
+
+if TYPE_CHECKING:
+    from .qarv import QARV
+
+__all__ = ["qarv_base", "qarv_small", "qarv_tiny", "QARV_SMALL_SHA256"]
+
+QARV_PAPER = "Duan et al., QARV: Quantization-Aware ResNet VAE for Lossy Image Compression, TPAMI 2023"
+
+
+def _qarv(defaults: dict[str, Any], overrides: dict[str, Any]) -> QARV:
+    from .qarv import QARV, QARVConfig
+
+    return QARV(QARVConfig(**{**defaults, **overrides}))
+
+
+@register_model(
+    weights=Weights(
+        filename="qarv_base-2022-dec-12.pt",
+        url="https://huggingface.co/duanzh0/my-model-weights/resolve/main/qarv_base-2022-dec-12.pt",
+        license="published by the QARV authors under their own terms (not covered by lvae's MIT license)",
+        paper=QARV_PAPER,
+    )
+)
+def qarv_base(**overrides: Any) -> QARV:
+    """The published QARV model: 93,433,400 parameters, λ ∈ [16, 2048] (about 0.2–2.2 bpp on Kodak)."""
+    return _qarv({}, overrides)
+
+
+@register_model
+def qarv_tiny(**overrides: Any) -> QARV:
+    """A tiny QARV (same architecture, narrow and shallow) for fast CPU tests; no weights."""
+    return _qarv(
+        dict(
+            enc_widths=(16, 24, 32, 32, 32),
+            enc_depths=(1, 1, 1, 1, 1),
+            enc_kernels=(7, 7, 5, 3, 1),
+            dec_widths=(32, 32, 32, 24, 16),
+            dec_num_latents=(1, 1, 1, 1),
+            dec_latent_dims=(4, 4, 8, 4),
+            dec_final_depth=1,
+            embed_dim=64,
+        ),
+        overrides,
+    )
+
+
+# Trained by this project with train-var-rate.py on the CPU (BSDS500 + Sun-Hays 80, never Kodak);
+# configs and logs in results/training/qarv_small*/ (see README). Shipped in the package.
+QARV_SMALL_SHA256 = "17af9d684243fd4210339f0ddf6b1d78fc119aeee04da8c0e249d951d8b406fc"
+
+
+@register_model(
+    weights=Weights(
+        filename="qarv_small.pt",
+        package_file="data/weights/qarv_small.pt",
+        sha256=QARV_SMALL_SHA256,
+        license="MIT, like the lvae code (trained by the lvae project)",
+        paper=QARV_PAPER,
+    )
+)
+def qarv_small(**overrides: Any) -> QARV:
+    """A small QARV (4.39 M parameters) sized for CPU training and coding; λ ∈ [16, 2048].
+
+    ``pretrained=True`` loads the weights shipped inside the package (no network).
+    """
+    return _qarv(
+        dict(
+            enc_widths=(64, 96, 128, 128, 128),
+            enc_depths=(2, 2, 2, 1, 1),
+            dec_widths=(96, 96, 96, 64, 48),
+            dec_num_latents=(1, 2, 2, 2),
+            dec_latent_dims=(16, 16, 32, 8),
+            dec_final_depth=2,
+            embed_dim=128,
+        ),
+        overrides,
+    )
