@@ -4,7 +4,7 @@
                                 [--device cpu|cuda] [--json OUT.json]
     python benchmarks/coding.py [IMAGE] --compare REV [--repeats 5] [--lmb 181]
 
-The model has the fixed reference weights of :mod:`lvae.testing` (no download needed), so its
+The model has the fixed reference weights of :mod:`lvae.models.fixed_weights` (no download needed), so its
 rates are not those of the published model; the timings are. Without IMAGE a smooth random
 512×768 image is synthesised (seeded). Times are medians of ``--repeats`` runs after one warm-up,
 on the CPU and, when present, on CUDA (``--device`` picks one). ``encode`` is ``model.compress``, ``decode`` is
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 import lvae
 from lvae.bitstream import read_header
-from lvae.testing import load_fixed_reference_weights
+from lvae.models.fixed_weights import load_fixed_reference_weights
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -29,7 +29,7 @@ import lvae  # noqa: E402
 from lvae import bitstream  # noqa: E402
 from lvae.coding.latent import trace  # noqa: E402
 from lvae.io import load_image  # noqa: E402
-from lvae.testing import load_fixed_reference_weights  # noqa: E402
+from lvae.models.fixed_weights import load_fixed_reference_weights  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
