@@ -4,9 +4,9 @@ import torch
 
 import lvae
 from lvae.errors import CheckpointError, WeightsUnavailableError
+from lvae.models.fixed_weights import load_fixed_reference_weights
 from lvae.models.registry import Weights
 from lvae.models.weights import resolve_weights
-from lvae.models.fixed_weights import load_fixed_reference_weights
 
 
 @pytest.fixture()
@@ -59,7 +59,8 @@ def test_partial_checkpoint_is_refused_naming_keys(tmp_path, source):
     sd["extra.weight"] = torch.zeros(1)
     path = tmp_path / "partial.pt"
     torch.save({"model": sd}, path)
-    with pytest.raises(CheckpointError, match=r"1 missing key\(s\), first: bias.*1 unexpected key\(s\), first: extra.weight"):
+    expected = r"1 missing key\(s\), first: bias.*1 unexpected key\(s\), first: extra.weight"
+    with pytest.raises(CheckpointError, match=expected):
         lvae.get_model("qarv_tiny", pretrained=str(path))
 
 

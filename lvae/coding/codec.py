@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from ..errors import BitstreamError
 from ..io import atomic_write_bytes, check_writable, read_image
 from ..metrics import mse_to_psnr
 from . import container as bitstream
+from .gaussian import entropy_coder_keys
 from .latent import CodedLatent
 
 __all__ = [
@@ -108,11 +110,13 @@ def weights_fingerprint(model: torch.nn.Module) -> bytes:
     """First 8 bytes of a SHA-256 over the model's parameters and persistent buffers.
 
     Canonical order: state-dict keys sorted; for each, the key, dtype, shape and the values as
-    little-endian float32 (other dtypes as they are). The entropy coder's derived table buffers
-    (``*.discrete_gaussian.*``) are left out: filled or empty, they are the same weights.
+    little-endian float32 (other dtypes as they are). The entropy coders' state
+    (:func:`~lvae.coding.gaussian.entropy_coder_keys`: derived tables, filled or empty, and
+    constant bounds) is left out: it is the coder's, not the weights'.
     Cached on the model until a parameter changes (torch's in-place version counters).
     """
-    sd = {k: v for k, v in model.state_dict().items() if ".discrete_gaussian." not in k}
+    coder = entropy_coder_keys(model)
+    sd = {k: v for k, v in model.state_dict().items() if k not in coder}
     key = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
     cached = getattr(model, "_lvae_fingerprint", None)
     if cached is not None and cached[0] == key:
@@ -126,27 +130,66 @@ def weights_fingerprint(model: torch.nn.Module) -> bytes:
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
         h.update(v.numpy().astype(v.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
     digest = h.digest()[: bitstream.FINGERPRINT_BYTES]
-    model._lvae_fingerprint = (key, digest)
+    model.__dict__["_lvae_fingerprint"] = (key, digest)  # a plain attribute (not a buffer)
     return digest
 
 
-class CompressionMixin:
-    """Adds byte- and file-level coding to a model with ``encode_latents``/``decompress_latents``."""
+if TYPE_CHECKING:  # the mixin is always combined with nn.Module (for the type checker: it is one)
+    from torch.nn import Module as _ModuleBase
+else:
+    _ModuleBase = object
+
+
+class CompressionMixin(_ModuleBase):
+    """Adds byte- and file-level coding to a model with ``encode_latents``/``decompress_latents``.
+
+    The model provides what is declared below (QARV does) and nothing else is read from it.
+    """
+
+    if TYPE_CHECKING:
+        name: str | None
+        max_stride: int
+        lmb_range: tuple[float, float]
+        default_lmb: float
+
+        @property
+        def latent_blocks(self) -> Sequence[torch.nn.Module]: ...
+
+        def encode_latents(self, im: torch.Tensor, lmb: float) -> tuple[list[list[CodedLatent]], tuple[int, int]]:
+            ...
+
+        def decompress_latents(
+            self, strings: Sequence[Sequence[bytes | CodedLatent]], lmb: float, latent_hw: tuple[int, int],
+            batch: int = 1,
+        ) -> torch.Tensor:
+            ...
+
+        def reconstruct(self, im: torch.Tensor, lmb: float | None = None) -> torch.Tensor:
+            ...
+
+        def lmb_tensor(self, lmb: float, n: int) -> torch.Tensor:
+            ...
+
+        @staticmethod
+        def postprocess(x_hat: torch.Tensor) -> torch.Tensor:
+            ...
 
     # -- one real encode ---------------------------------------------------------------------
     def _encode(self, im: torch.Tensor, lmb: float, format: str, colour: str = "rgb") -> bytes:
         h, w = im.shape[2:]
         x = pad_image(im, self.max_stride)
-        coded, _ = self.encode_latents(x, lmb)
-        coded = [c[0] for c in coded]
+        per_block, _ = self.encode_latents(x, lmb)
+        coded = [c[0] for c in per_block]  # the batch's one image
         strings = [c.string for c in coded]
         if format == "legacy":
             return bitstream.pack_legacy(lmb, h, w, strings)
         if not self.name:
             raise ValueError("the model has no registered name to record in the file; build it with lvae.get_model()")
+        checks = [c.check for c in coded if c.check is not None]
+        if len(checks) != len(coded):
+            raise RuntimeError("the model's encode_latents gave a string without its index-map check")
         return bitstream.pack(
-            self.name, lmb, h, w, strings, checks=[c.check for c in coded], fingerprint=weights_fingerprint(self),
-            colour=colour,
+            self.name, lmb, h, w, strings, checks=checks, fingerprint=weights_fingerprint(self), colour=colour
         )
 
     @torch.no_grad()
@@ -183,7 +226,9 @@ class CompressionMixin:
         chosen = [k for k, v in (("lmb", lmb), ("target_bpp", target_bpp), ("target_bytes", target_bytes),
                                  ("target_psnr", target_psnr)) if v is not None]
         if len(chosen) > 1:
-            raise ValueError(f"give at most one of lmb, target_bpp, target_bytes, target_psnr (got {', '.join(chosen)})")
+            raise ValueError(
+                f"give at most one of lmb, target_bpp, target_bytes, target_psnr (got {', '.join(chosen)})"
+            )
         source = _check_input(im).to(next(self.parameters()).device)
         h, w = source.shape[2:]
         # A gray source is coded as three equal channels; only the lvae container records "gray".
@@ -201,7 +246,7 @@ class CompressionMixin:
                 if not (math.isfinite(target_bpp) and target_bpp > 0):
                     raise ValueError(f"target_bpp must be a positive number, got {target_bpp}")
                 budget = int(math.floor(target_bpp * h * w / 8))
-            else:
+            elif target_bytes is not None:
                 if isinstance(target_bytes, bool) or int(target_bytes) != target_bytes or target_bytes <= 0:
                     raise ValueError(f"target_bytes must be a positive integer, got {target_bytes}")
                 budget = int(target_bytes)

@@ -132,7 +132,9 @@ def pack(
     if strings or total:
         _check_common(lmb, height, width, strings or [b""])
     if not 0 <= len(strings) <= total <= MAX_STRINGS or total < 1:
-        raise ValueError(f"a container holds 0 to {MAX_STRINGS} of 1 to {MAX_STRINGS} strings, got {len(strings)} of {total}")
+        raise ValueError(
+            f"a container holds 0 to {MAX_STRINGS} of 1 to {MAX_STRINGS} strings, got {len(strings)} of {total}"
+        )
     name = model_name.encode("ascii")
     if not 1 <= len(name) <= 255:
         raise ValueError(f"model name must be 1–255 ASCII characters, got {model_name!r}")
@@ -386,6 +388,8 @@ def truncate(data: bytes, num_latents: int) -> bytes:
     if isinstance(num_latents, bool) or int(num_latents) != num_latents or not 0 <= num_latents <= len(strings):
         raise ValueError(f"num_latents must be an integer from 0 to {len(strings)}, got {num_latents!r}")
     k = int(num_latents)
+    if header.model_name is None:  # an lvae container always names its model; parse() checks it
+        raise BitstreamError("the file names no model")
     return pack(
         header.model_name, header.lmb, header.height, header.width, strings[:k],
         checks=header.checks[:k] if header.checks is not None else None, fingerprint=header.fingerprint,

@@ -9,7 +9,7 @@ settings are restored afterwards.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -27,7 +27,7 @@ from .rans import CdfTables
 __all__ = [
     "SCALE_MIN", "SCALE_MAX", "SCALE_LEVELS", "TAIL_MASS", "LIKELIHOOD_BOUND", "PRECISION",
     "qarv_scale_table", "scale_thresholds", "GaussianTables", "gaussian_tables", "build_cdf_tables",
-    "DiscreteGaussian", "gaussian_bin_nll",
+    "DiscreteGaussian", "TABLE_BUFFERS", "entropy_coder_keys", "gaussian_bin_nll",
 ]
 
 SCALE_MIN = 0.11
@@ -51,7 +51,7 @@ def qarv_scale_table() -> list[float]:
     return [math.exp(math.log(SCALE_MIN) + i * step) for i in range(SCALE_LEVELS)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _thresholds_cpu() -> torch.Tensor:
     return torch.tensor(qarv_scale_table(), dtype=torch.float32)
 
@@ -119,7 +119,7 @@ def write_table_file(path: Path = TABLE_FILE) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gaussian_tables() -> GaussianTables:
     """The shipped tables (checked against their SHA-256), converted once per process."""
     raw = TABLE_FILE.read_bytes().strip()
@@ -155,6 +155,10 @@ def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.erfc(-_INV_SQRT2 * x)
 
 
+# The derived CDF-table buffers of a DiscreteGaussian: stored empty or filled, any shape.
+TABLE_BUFFERS = ("_offset", "_quantized_cdf", "_cdf_length")
+
+
 class DiscreteGaussian(nn.Module):
     """Entropy model of one latent: discretized Gaussian likelihood and CDF indexes.
 
@@ -163,11 +167,9 @@ class DiscreteGaussian(nn.Module):
     :meth:`fill_tables` for checkpoints that want them, never read for coding) and two bounds.
     """
 
-    _TABLE_BUFFERS = ("_offset", "_quantized_cdf", "_cdf_length")
-
     def __init__(self):
         super().__init__()
-        for name in self._TABLE_BUFFERS:
+        for name in TABLE_BUFFERS:
             self.register_buffer(name, torch.zeros(0, dtype=torch.int32))
         self.likelihood_lower_bound = _Bound(LIKELIHOOD_BOUND)
         self.lower_bound_scale = _Bound(SCALE_MIN)
@@ -188,7 +190,7 @@ class DiscreteGaussian(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # NOTE: the buffers take whatever size the loaded state dict has (empty or filled).
-        for name in self._TABLE_BUFFERS:
+        for name in TABLE_BUFFERS:
             key = prefix + name
             if key in state_dict and torch.is_tensor(state_dict[key]):
                 current = getattr(self, name)
@@ -237,3 +239,11 @@ def gaussian_bin_nll(z: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -
     log_bin = torch.log(torch.clamp(prob, min=1e-8))
     log_density = -0.5 * (v / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
     return -torch.where(prob > 1e-6, log_bin, log_density)
+
+
+def entropy_coder_keys(model: nn.Module) -> frozenset[str]:
+    """The state-dict keys of ``model``'s entropy coders (every :class:`DiscreteGaussian`: its
+    tables and bounds): constants of the coder, not learned weights. The weights fingerprint and
+    the fixed reference weights leave them out."""
+    prefixes = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, DiscreteGaussian))
+    return frozenset(k for k in model.state_dict() if prefixes and k.startswith(prefixes))

@@ -13,8 +13,8 @@ import contextlib
 import hashlib
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ def decode_latent(coded: Sequence[CodedLatent], means: torch.Tensor, scales: tor
         report = BlockReport("decode", idx.size, c.check is not None)
         try:
             if c.check is not None:
-                values = _decode_checked(c, idx, scales[i], report)
+                values = _decode_checked(c, c.check, idx, scales[i], report)
             else:
                 values = _decode_unchecked(c.string, idx, scales[i], report)
         finally:
@@ -147,10 +147,12 @@ def _try(string: bytes, idx: np.ndarray, report: BlockReport) -> list[int] | Non
     return values if again == string else None
 
 
-def _decode_checked(c: CodedLatent, idx: np.ndarray, scales: torch.Tensor, report: BlockReport) -> list[int]:
+def _decode_checked(
+    c: CodedLatent, check: int, idx: np.ndarray, scales: torch.Tensor, report: BlockReport
+) -> list[int]:
     start = time.perf_counter()
     h = portable.index_map_hash(idx)
-    target = c.check ^ zlib.crc32(c.string)
+    target = check ^ zlib.crc32(c.string)
     report.seconds = time.perf_counter() - start
     if h == target:
         return rans.decode(c.string, idx.tolist(), gaussian_tables().coder)
@@ -160,7 +162,9 @@ def _decode_checked(c: CodedLatent, idx: np.ndarray, scales: torch.Tensor, repor
         report.seconds = time.perf_counter() - start
 
 
-def _repair_checked(c: CodedLatent, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, syndrome: int) -> list[int]:
+def _repair_checked(
+    c: CodedLatent, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, syndrome: int
+) -> list[int]:
     pos, alt = portable.candidates(_flat_cpu(scales, torch.float32), idx, _thresholds(), limit=48)
     if pos.size:
         deltas = portable.pair_hashes(pos, idx[pos]) ^ portable.pair_hashes(pos, alt)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 __all__ = ["CdfTables", "encode", "decode", "decode_guard_bytes"]
 
@@ -38,6 +38,8 @@ def _extension(name: str) -> ModuleType:
                 break
         if ext is None:
             raise ImportError(f"CompressAI's compiled module {full} was not found")
+        if ext.loader is None:
+            raise ImportError(f"CompressAI's compiled module {full} cannot be loaded")
         module = importlib.util.module_from_spec(ext)
         ext.loader.exec_module(module)
         # NOTE: registered under its real name so that a later `import compressai` reuses it

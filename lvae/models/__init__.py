@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .registry import Weights, get_model, list_models, model_weights, packaged_models, register_model
+from .registry import Weights, get_model, list_models, load_model, model_weights, packaged_models, register_model
 from .zoo import qarv_base, qarv_small, qarv_tiny
 
 __all__ = [
-    "Weights", "get_model", "list_models", "model_weights", "packaged_models", "register_model",
+    "Weights", "get_model", "load_model", "list_models", "model_weights", "packaged_models", "register_model",
     "qarv_base", "qarv_small", "qarv_tiny", "QARV", "QARVConfig", "LatentVariableBlock",
 ]
 

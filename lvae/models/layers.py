@@ -1,7 +1,7 @@
 """Building blocks of QARV: λ embedding, adaptive ConvNeXt block, patch down/up-sampling, markers.
 
 Every block here is a plain ``nn.Module`` whose parameter names follow the published
-checkpoint (see SPEC.md), so that ``load_state_dict(strict=True)`` works on it.
+checkpoint (docs/model.md), so that ``load_state_dict(strict=True)`` works on it.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _onednn_fused_ok(x: torch.Tensor) -> bool:
 
 
 class ConvNeXtBlockAdaLN(nn.Module):
-    """ConvNeXt block whose LayerNorm is modulated by the λ embedding (SPEC.md, ``CNB``).
+    """ConvNeXt block whose LayerNorm is modulated by the λ embedding (the paper's CNB; docs/model.md).
 
     ``h = dwconv(x)``; ``h = LN(h)·(1 + scale) + shift`` with ``(shift, scale)`` from the
     embedding; ``out = x + gamma · MLP(h)``.
@@ -115,7 +115,7 @@ class ConvNeXtBlockAdaLN(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         if self.kernel_size == 1:  # a 1×1 depthwise convolution is a per-channel affine map
             # NOTE: torch runs it as one slow convolution per channel (≈1000 calls a block).
-            h = torch.addcmul(self.conv_dw.bias[:, None, None], x, self.conv_dw.weight[:, 0])
+            h = torch.addcmul(self.conv_dw.bias[:, None, None], x, self.conv_dw.weight[:, 0])  # type: ignore[index]
         else:
             h = self.conv_dw(x)
         h = h.permute(0, 2, 3, 1).contiguous()  # N, H, W, C (no copy when NHWC)

@@ -8,9 +8,11 @@ The model exposes one method per job: :meth:`QARV.forward` (training / evaluatio
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -29,9 +31,10 @@ from .layers import (
     patch_upsample,
 )
 
-__all__ = ["QARVConfig", "LatentVariableBlock", "QARV"]
+__all__ = ["QARVConfig", "LatentVariableBlock", "QARV", "MAX_STRIDE"]
 
 LOG2_E = math.log2(math.e)
+MAX_STRIDE = 64  # the total down-sampling of the encoder: image sides must be multiples of it
 
 
 @dataclass(frozen=True)
@@ -71,19 +74,20 @@ class QARVConfig:
             raise ValueError(f"lmb_range must satisfy 0 < low < high, got {self.lmb_range}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "QARVConfig":
+    def from_dict(cls, d: dict[str, Any]) -> QARVConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown QARV config field(s): {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class LatentVariableBlock(nn.Module):
-    """One latent variable of the hierarchy (SPEC.md, ``LV``): prior, posterior and entropy model."""
+    """One latent variable of the hierarchy: prior, posterior and entropy model."""
 
     def __init__(
         self,
@@ -174,7 +178,7 @@ class LatentVariableBlock(nn.Module):
 class QARV(CompressionMixin, nn.Module):
     """Variable-rate lossy VAE. Build it with :func:`lvae.get_model` or from a :class:`QARVConfig`."""
 
-    max_stride = 64
+    max_stride = MAX_STRIDE
 
     def __init__(self, config: QARVConfig | None = None):
         super().__init__()
@@ -220,11 +224,8 @@ class QARV(CompressionMixin, nn.Module):
         n_latent_stages = len(cfg.dec_num_latents)
         for i in range(n_latent_stages):
             w, k, r = widths[i], kernels[i], ratios[i]
-            stride = 64 // 2 ** i
-
-            def cnb() -> ConvNeXtBlockAdaLN:
-                return ConvNeXtBlockAdaLN(w, e, k, r)
-
+            stride = MAX_STRIDE // 2 ** i
+            cnb = functools.partial(ConvNeXtBlockAdaLN, w, e, k, r)
             if i > 0:
                 layers.append(cnb())
             for _ in range(cfg.dec_num_latents[i]):
@@ -295,7 +296,7 @@ class QARV(CompressionMixin, nn.Module):
     def encode_features(self, x: torch.Tensor, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         feats: dict[str, torch.Tensor] = {}
         x = x.contiguous(memory_format=torch.channels_last)  # the network runs channels-last
-        for block in self.encoder.enc_blocks:
+        for block in cast(nn.ModuleList, self.encoder.enc_blocks):
             if isinstance(block, FeatureMark):
                 feats[block.key] = x
             elif isinstance(block, ConvNeXtBlockAdaLN):
@@ -328,7 +329,8 @@ class QARV(CompressionMixin, nn.Module):
         ``lmb``: a scalar or one value per image; drawn per image (cube-root uniform) when None.
         In training mode latents get uniform noise; in eval mode they are rounded, so ``bpp`` is
         the model's estimate of the coded size. Returns ``loss``, ``bpp``, ``mse`` (target space,
-        [-1, 1]), ``psnr`` (RGB [0, 1], clamped output), ``kl`` (N×L nats), ``x_hat`` and ``lmb``.
+        [-1, 1]), ``psnr`` (RGB [0, 1], clamped output), ``kl`` (N×L nats), ``x_hat``, ``lmb``
+        and ``rd`` (N: each image's ``R + λ·D``, nats per dimension; ``loss`` is its mean).
         """
         self._check_image(im)
         n, _, h, w = im.shape
@@ -349,7 +351,8 @@ class QARV(CompressionMixin, nn.Module):
         kl = torch.stack(kls, dim=1)  # N × L
         rate = kl.sum(dim=1) / (3 * h * w)  # nats per dimension
         distortion = (x_hat - target).pow(2).flatten(1).mean(dim=1)
-        loss = (rate + lmb_t * distortion).mean()
+        rd = rate + lmb_t * distortion  # the one place of the R–D objective
+        loss = rd.mean()
         with torch.no_grad():
             mse01 = (self.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
             psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
@@ -361,6 +364,7 @@ class QARV(CompressionMixin, nn.Module):
             "kl": kl,
             "x_hat": x_hat,
             "lmb": lmb_t,
+            "rd": rd,
         }
 
     @torch.no_grad()
@@ -391,7 +395,7 @@ class QARV(CompressionMixin, nn.Module):
         return self.postprocess(x_hat)
 
     # -- entropy coding ------------------------------------------------------------------------
-    def compress_mode(self, enabled: bool = True) -> "QARV":
+    def compress_mode(self, enabled: bool = True) -> QARV:
         """Fill (``True``) the entropy-coder buffers of the state dict with the canonical CDF tables.
 
         Coding does not need it (the tables are package constants); it exists for checkpoints

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .weights import Weights
 
 if TYPE_CHECKING:
+    import torch
     import torch.nn as nn
 
-__all__ = ["Weights", "register_model", "get_model", "list_models", "model_weights", "packaged_models"]
+__all__ = ["Weights", "register_model", "get_model", "load_model", "list_models", "model_weights", "packaged_models"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,32 @@ def get_model(name: str, pretrained: bool | str = False, **kwargs) -> nn.Module:
     """
     entry = _entry(name)
     model = entry.fn(**kwargs)
-    model.name = name
+    model.name = name  # type: ignore[assignment]  # nn.Module types attributes as tensors or modules
     if pretrained is not False and pretrained is not None:
         from .weights import load_pretrained
 
         load_pretrained(model, name, entry.weights, pretrained, offline_models=packaged_models())
     return model
+
+
+def load_model(
+    name: str,
+    weights: str | None = None,
+    *,
+    model_args: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    coding: bool = True,
+) -> nn.Module:
+    """:func:`get_model` as the command lines and the trainer use it (the one wrapper).
+
+    ``weights``: None for the model's own weights (published or packaged; an error if it has
+    none), ``'random'`` for random weights, else a checkpoint path. Bad ``model_args`` raise a
+    one-line ``ValueError``. With ``coding``: evaluation mode, ready for
+    ``compress``/``decompress``; else training mode. The model is moved to ``device``.
+    """
+    pretrained: bool | str = True if weights is None else (False if weights == "random" else str(weights))
+    try:
+        model = get_model(name, pretrained=pretrained, **(model_args or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad model arguments for {name!r}: {exc}") from None
+    return model.train(not coding).to(device)

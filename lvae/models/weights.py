@@ -30,6 +30,7 @@ __all__ = [
     "Weights",
     "WeightsLocation",
     "locate_weights",
+    "availability",
     "resolve_weights",
     "load_checkpoint_state_dict",
     "load_state_dict_strict",
@@ -74,6 +75,8 @@ def hub_checkpoint_dir() -> Path:
 
 def packaged_path(weights: Weights) -> Path:
     """Where ``weights.package_file`` lies in the installed package (it may be missing)."""
+    if weights.package_file is None:
+        raise ValueError(f"the weights {weights.filename} are not shipped in the package")
     return Path(str(resources.files("lvae").joinpath(weights.package_file)))
 
 
@@ -93,6 +96,21 @@ def locate_weights(weights: Weights) -> WeightsLocation:
     else:
         path, source = hub_checkpoint_dir() / weights.filename, "cached"
     return WeightsLocation(path, source, path.is_file())
+
+
+def availability(weights: Weights | None) -> tuple[bool, str]:
+    """Whether :func:`resolve_weights` would find the weights without a network, and where they
+    are or how they would be fetched (the ``lvae models`` listing)."""
+    if weights is None:
+        return False, "no published weights; pass --weights FILE"
+    found = locate_weights(weights)
+    if found.present:
+        return True, f"{found.source}: {found.path}"
+    if found.source == "packaged":
+        return False, f"packaged file missing: {found.path}"
+    if weights.url:
+        return False, f"downloaded on first use from {weights.url} into {found.path}"
+    return False, f"not found at {found.path}"
 
 
 def file_sha256(path: Path) -> str:
@@ -179,19 +197,21 @@ def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tenso
     return sd
 
 
-# Entropy-coder tables: derived data, stored either empty or filled; their shape is free.
-_FREE_SHAPE_SUFFIXES = ("._offset", "._quantized_cdf", "._cdf_length")
-
-
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` with an error that names the first offending keys."""
+    """``load_state_dict(strict=True)`` with an error that names the first offending keys.
+
+    The entropy coder's table buffers are derived data, stored empty or filled: their shape is free.
+    """
+    from ..coding.gaussian import TABLE_BUFFERS
+
+    free_shape = tuple(f".{name}" for name in TABLE_BUFFERS)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
         for k in own
-        if k in sd and not k.endswith(_FREE_SHAPE_SUFFIXES) and tuple(sd[k].shape) != tuple(own[k].shape)
+        if k in sd and not k.endswith(free_shape) and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
     problems = []
     if missing:
@@ -214,7 +234,10 @@ def load_pretrained(
     *,
     offline_models: Sequence[str] = (),
 ) -> None:
-    """Load ``pretrained`` (True or a path) into ``model`` strictly (``offline_models``: see :func:`resolve_weights`)."""
+    """Load ``pretrained`` (True or a path) into ``model`` strictly.
+
+    ``offline_models``: see :func:`resolve_weights`.
+    """
     if pretrained is True:
         path = resolve_weights(name, weights, offline_models=offline_models)
     elif isinstance(pretrained, (str, os.PathLike)):
