@@ -1,0 +1,256 @@
+"""``lvae compress``, ``decompress`` and ``truncate``: images to files, files to images, files to
+shorter files. Each file is handled on its own (see :func:`lvae.cli.common.run_files`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..bitstream import read_header, truncate
+from ..errors import BitstreamError
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Models,
+    Outputs,
+    add_model_options,
+    add_output_options,
+    check_input,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    quality_arg,
+    report_error,
+    run_files,
+    same_file,
+    warn,
+    written_by_lvae,
+)
+
+if TYPE_CHECKING:
+    from ..io import ImageFormat
+
+__all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "add_parsers"]
+
+# The default is the model shipped inside the package: it works offline and gives the same file
+# on every machine. The published qarv_base (downloaded on first use) is one `--model` away.
+DEFAULT_MODEL = "qarv_small"
+LEGACY_MODEL = "qarv_base"  # the authors' layout records no model name; it only ever held qarv_base
+SUFFIXES = {"lvae": ".lvae", "legacy": ".bits"}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The subcommands compress, decompress and truncate."""
+    c = sub.add_parser(
+        "compress",
+        help="compress images",
+        description="Compress images. Default output: <image stem>.lvae next to the image "
+        "(or in --out-dir). Existing outputs are kept unless --force is given.",
+    )
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+    add_output_options(c, ".lvae")
+    rate = c.add_mutually_exclusive_group()
+    rate.add_argument("--lmb", type=positive_float, metavar="X",
+                      help="rate-distortion trade-off λ (default: the model's default)")
+    rate.add_argument("--bpp", type=positive_float, metavar="X",
+                      help="largest λ whose file is at most X bits per pixel")
+    rate.add_argument("--bytes", type=positive_int, metavar="N", help="largest λ whose file is at most N bytes")
+    rate.add_argument("--psnr", type=positive_float, metavar="X", help="smallest λ that reaches X dB PSNR")
+    c.add_argument(
+        "--format",
+        choices=sorted(SUFFIXES),
+        default="lvae",
+        help="container: lvae (default; magic, model name, checksum) or legacy (the QARV authors' "
+        "layout, qarv_base only; default suffix .bits)",
+    )
+    add_model_options(
+        c,
+        f"registered model (default: {DEFAULT_MODEL}, shipped in the package; {LEGACY_MODEL} with "
+        "--format legacy; qarv_base is the published model, downloaded on first use)",
+    )
+
+    d = sub.add_parser(
+        "decompress",
+        help="decompress .lvae (or the authors' .bits) files to images (PNG by default)",
+        description="Decompress coded files to images. Default output: the input's name followed by .png "
+        "(photo.lvae -> photo.lvae.png), next to it (or in --out-dir), so that it never replaces the "
+        "image the file was made from. The format is the output's suffix or --format: lossless ones "
+        "(PNG, BMP, TIFF, PPM/PGM, WebP) store the decoded image exactly; a lossy one (JPEG, AVIF, "
+        "lossy WebP) needs --quality. Files of grayscale images decode to grayscale. The model is the "
+        "one recorded in the file.",
+    )
+    d.add_argument("files", nargs="+", metavar="FILE")
+    add_output_options(d, ".png (or the --format's suffix)")
+    d.add_argument("--format", dest="image_format", metavar="FMT",
+                   help="image format: png (default), bmp, tiff, ppm, pgm, webp (lossless unless --quality), "
+                   "jpeg or avif (lossy: need --quality); default: the suffix of -o, else png")
+    d.add_argument("--quality", type=quality_arg, metavar="Q",
+                   help="quality 1-100 of a lossy format (JPEG, AVIF, or WebP, which is lossless without it)")
+    prefix = d.add_mutually_exclusive_group()
+    prefix.add_argument("--latents", type=nonnegative_int, metavar="K",
+                        help="decode only the first K latent strings (coarse to fine): a coarser image")
+    prefix.add_argument("--progressive", action="store_true",
+                        help="write one image per prefix: <output stem>-k<K><suffix> for K = 0 ... the strings held")
+    d.add_argument("--ignore-weights-mismatch", action="store_true",
+                   help="decode a file made with other weights of its model anyway (usually a wrong image)")
+    d.add_argument("--figure", metavar="PNG",
+                   help="with --progressive: also draw every prefix, with its bpp, in one figure")
+    add_model_options(d, "refuse files not made by this model (default: the model the file names)")
+
+    t = sub.add_parser(
+        "truncate",
+        help="cut a .lvae file to its first latent strings (a smaller file of a coarser image)",
+        description="Write a smaller, valid file holding the first K latent strings of FILE "
+        "(decoded, it gives `decompress --latents K` of the whole file, bit for bit).",
+    )
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("-o", "--output", metavar="OUT", required=True, help="output file")
+    t.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    size = t.add_mutually_exclusive_group(required=True)
+    size.add_argument("--latents", type=nonnegative_int, metavar="K", help="keep the first K latent strings")
+    size.add_argument("--bytes", type=positive_int, metavar="N", help="keep the longest prefix whose file fits N bytes")
+
+    c.set_defaults(handler=compress)
+    d.set_defaults(handler=decompress)
+    t.set_defaults(handler=truncate_file)
+
+
+def compress_model_name(args: argparse.Namespace) -> str:
+    """--model, else qarv_base for the authors' layout (the only model it holds), else the default."""
+    if args.model:
+        return args.model
+    return LEGACY_MODEL if args.format == "legacy" else DEFAULT_MODEL
+
+
+def compress(args: argparse.Namespace) -> int:
+    models = Models(args.weights, args.device)
+    outputs = Outputs(args.output, args.out_dir, SUFFIXES[args.format], args.force)
+    model_name = compress_model_name(args)
+
+    def job(src: Path) -> str:
+        check_input(src)
+        out = outputs.path_for(src)
+        model = models.get(model_name)
+        res = model.compress_file(
+            src,
+            out,
+            lmb=args.lmb,
+            target_bpp=args.bpp,
+            target_bytes=args.bytes,
+            target_psnr=args.psnr,
+            format=args.format,
+        )
+        outputs.done(out)
+        if res.alpha_dropped:
+            warn(src, "its transparency (alpha channel) was dropped: lvae codes the colours only")
+        gray = ", gray" if res.colour == "gray" else ""
+        return (
+            f"{src} -> {res.path}: {res.num_bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB, "
+            f"{model_name}, lmb {res.lmb:.4g}, {res.width}x{res.height}{gray}"
+        )
+
+    return run_files(args.images, "compress", job)
+
+
+def refuse_existing(path: Path, force: bool) -> None:
+    """An existing output is replaced only with --force, which is advised only for lvae's own images."""
+    if path.exists() and not force:
+        if not written_by_lvae(path):
+            raise FileExistsError(f"the output {path} exists and is not an image lvae wrote; "
+                                  "choose another name with -o or --out-dir")
+        raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
+
+
+def decompress(args: argparse.Namespace) -> int:
+    from ..io import atomic_output, check_writable, save_image, tensor_to_image
+
+    fmt: ImageFormat = args.image_format_resolved
+    models = Models(args.weights, args.device)
+    outputs = Outputs(args.output, args.out_dir, fmt.suffix, args.force, keep_name=True)
+
+    def job(src: Path) -> str:
+        check_input(src)
+        out = outputs.path_for(src)
+        data = src.read_bytes()
+        header = read_header(data)
+        made_by = header.model_name or LEGACY_MODEL
+        if args.model is not None and args.model != made_by:
+            raise BitstreamError(f"made by model {made_by!r}, not by {args.model!r}")
+        colour = header.colour if header.format == "lvae" else "rgb"
+        if fmt.name == "pgm" and colour != "gray":
+            raise ValueError("the file holds a colour image and PGM holds grayscale only; write .ppm or .png")
+        pixels = header.height * header.width
+        if args.progressive:
+            if header.format != "lvae":
+                raise BitstreamError("the authors' layout cannot be decoded progressively; it holds no prefixes")
+            paths = [out.with_name(f"{out.stem}-k{k}{out.suffix}") for k in range(header.num_strings + 1)]
+            for path in paths:  # all checked before decoding any
+                refuse_existing(path, args.force)
+            figure = Path(args.figure) if args.figure else None
+            if figure is not None:
+                if figure.exists() and not args.force:
+                    raise FileExistsError(f"the figure {figure} exists; choose another name for --figure")
+                figure.parent.mkdir(parents=True, exist_ok=True)
+                check_writable(figure)
+            model = models.get(made_by)
+            lines, shown, labels = [], [], []
+            for k, path in enumerate(paths):
+                prefix_bytes = len(truncate(data, k))
+                img = model.decompress(data, num_latents=k, ignore_weights_mismatch=args.ignore_weights_mismatch)
+                saved = save_image(img, path, format=fmt.name, quality=fmt.quality)
+                if args.figure:
+                    shown.append(tensor_to_image(img).convert("RGB"))
+                    labels.append(f"{k} of {header.num_latents} latents: {8 * prefix_bytes / pixels:.4f} bpp")
+                lines.append(f"{src} -> {path}: {k} of {header.num_latents} latents, {prefix_bytes} bytes, "
+                             f"{8 * prefix_bytes / pixels:.4f} bpp, {saved.describe()}")
+            outputs.done(out)
+            if figure is not None:
+                from ..eval.plot import plot_progressive
+
+                with atomic_output(figure) as tmp:
+                    plot_progressive(shown, labels, tmp, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
+                lines.append(f"{src} -> {figure}: figure of the {len(shown)} prefixes")
+            return "\n".join(lines)
+        model = models.get(made_by)
+        img = model.decompress(data, num_latents=args.latents, ignore_weights_mismatch=args.ignore_weights_mismatch)
+        saved = save_image(img, out, format=fmt.name, quality=fmt.quality)
+        outputs.done(out)
+        used = len(data) if args.latents is None else len(truncate(data, args.latents))
+        latents = "" if args.latents is None else f", {args.latents} of {header.num_latents} latents"
+        return (f"{src} -> {out}: {used} bytes, {8 * used / pixels:.4f} bpp, {header.width}x{header.height}{latents}, "
+                f"{saved.describe()}")
+
+    return run_files(args.files, "decompress", job)
+
+
+def truncate_file(args: argparse.Namespace) -> int:
+    from ..io import atomic_write_bytes
+
+    src, out = Path(args.file), Path(args.output)
+    try:
+        check_input(src)
+        if out.exists() and same_file(out, src):
+            raise FileExistsError(f"the output {out} would overwrite the input; choose another with -o")
+        if out.exists() and not args.force:
+            raise FileExistsError(f"the output {out} exists; pass --force to overwrite it")
+        data = src.read_bytes()
+        header = read_header(data)
+        if args.latents is not None:
+            k = args.latents
+            if k > header.num_strings:
+                raise ValueError(f"the file holds {header.num_strings} latent strings; cannot keep {k}")
+            cut = truncate(data, k)
+        else:
+            fitting = [c for c in (truncate(data, k) for k in range(header.num_strings + 1)) if len(c) <= args.bytes]
+            if not fitting:
+                raise ValueError(f"impossible budget: even 0 latent strings take {len(truncate(data, 0))} bytes "
+                                 f"(the header), over {args.bytes}")
+            cut = fitting[-1]
+        atomic_write_bytes(out, cut)
+    except Exception as exc:  # noqa: BLE001
+        report_error(src, exc)
+        return EXIT_FAILED
+    k = read_header(cut).num_strings
+    print(f"{src} -> {out}: {k} of {header.num_latents} latents, {len(cut)} bytes, "
+          f"{8 * len(cut) / (header.width * header.height):.4f} bpp")
+    return EXIT_OK

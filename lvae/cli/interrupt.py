@@ -1,0 +1,73 @@
+"""Ctrl-C in the ``lvae`` process: one line, ``lvae: interrupted``, status 130, no partial output.
+
+In the ``lvae`` process (the console script, ``python -m lvae``) a SIGINT handler is installed
+as soon as :mod:`lvae.cli` starts loading (this module is its first import and imports only
+``os``, ``signal`` and ``sys``). Before the command's ``main`` runs, a Ctrl-C ends the process
+at once; inside ``main`` the first Ctrl-C unwinds (writes under way remove their temporary
+files), a second one ends the process at once. Called in-process (``main(argv)``), ``main``
+catches ``KeyboardInterrupt``, prints the same line and returns 130.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+PROG = "lvae"
+EXIT_INTERRUPTED = 130
+
+
+def _started_as_command() -> bool:
+    """True in the ``lvae`` console script and in ``python -m lvae`` (or ``-m lvae.cli``)."""
+    entry = sys.modules.get("__main__")
+    spec = getattr(entry, "__spec__", None)
+    if spec is not None and spec.name in ("lvae.__main__", "lvae.cli", "lvae.cli.__main__"):
+        return True
+    return os.path.basename(getattr(entry, "__file__", None) or "") in ("lvae", "lvae.exe", "lvae-script.py")
+
+
+class State:
+    command = False  # this process is the lvae command and the handler below is installed
+    in_main = False  # main() of the command is running: unwind on the first Ctrl-C
+    seen = False  # a Ctrl-C came
+    bar = False  # a progress bar may be on the terminal
+
+
+def exit_interrupted() -> None:
+    """Remove partial outputs, print ``lvae: interrupted`` and end the process (status 130), now."""
+    io = sys.modules.get("lvae.io")
+    if io is not None:
+        io.remove_partial_outputs()
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001  (e.g. a reentrant call: the lines already out stay out)
+        pass
+    end_bar = "\n" if State.bar and sys.stderr.isatty() else ""
+    try:
+        os.write(2, f"{end_bar}{PROG}: interrupted\n".encode())
+    except OSError:
+        pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    if State.seen or not State.in_main:
+        exit_interrupted()
+    State.seen = True
+    raise KeyboardInterrupt
+
+
+def quiet_unraisable(unraisable: Any) -> None:
+    """A Ctrl-C that lands in a finaliser is not reported ("Exception ignored in ..."): main()
+    sees the flag and stops."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+if _started_as_command():
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+        State.command = True
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGINT here
+        pass

@@ -1,0 +1,35 @@
+"""``lvae plot``: PSNR against bpp of result JSONs, with the shipped anchor curves
+(:func:`lvae.eval.plot.plot_rd`). Importing this module imports no matplotlib."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .common import reports_errors, standalone
+
+__all__ = ["HELP", "DESCRIPTION", "PROG_NAME", "add_arguments", "run", "main"]
+
+PROG_NAME = "lvae plot"
+HELP = "plot PSNR against bpp of result JSONs, with the published curves"
+DESCRIPTION = "Plot PSNR against bpp for result JSONs, with the published anchor curves."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="result JSON files (from eval-var-rate.py / lvae eval)")
+    p.add_argument("-o", "--output", default="rd.png", help="PNG to write (default rd.png)")
+    p.add_argument("--title", default=None, help="plot title")
+    p.add_argument("--no_anchors", action="store_true", help="leave out the published anchor curves")
+
+
+@reports_errors
+def run(args: argparse.Namespace) -> int:
+    from ..eval.plot import plot_rd
+
+    out = plot_rd(args.results, args.output, with_anchors=not args.no_anchors, title=args.title)
+    print(f"plot written to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lvae plot`` as its own command line; returns the exit status."""
+    return standalone(PROG_NAME, DESCRIPTION, add_arguments, run, argv)
