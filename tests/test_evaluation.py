@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import lvae
+from lvae.cli.evaluate import main
 from lvae.eval import anchors, classical
-from lvae.eval.evaluation import find_images, lambda_sweep, main
+from lvae.eval.evaluation import find_images, lambda_sweep
 from lvae.io import load_image
 from lvae.metrics import bd_rate, psnr
 from lvae.utils.datasets import IMAGE_EXTENSIONS

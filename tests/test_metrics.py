@@ -7,7 +7,7 @@ import torch
 from lvae.eval import anchors
 from lvae.metrics import MS_SSIM_MIN_SIDE, bd_rate, ms_ssim, mse, psnr
 
-# Published BD-rates of qarv_base against VTM 18.0 (QARV paper / SPEC.md).
+# Published BD-rates of qarv_base against VTM 18.0 (QARV paper).
 PUBLISHED_BD = {"kodak": -5.90, "tecnick-rgb-1200": -8.94, "clic2022-test": -6.91}
 
 
@@ -164,7 +164,9 @@ def test_bd_rate_computes_in_float64_whatever_the_input():
     assert bd_rate(*as32) == bd_rate(*as64)
     assert bd_rate(*as64) == pytest.approx(exact, abs=1e-4)
     ints = bd_rate([1, 2, 4, 8], [30, 33, 35, 36], [1, 2, 4, 8], [31, 33, 35, 37])
-    assert ints == bd_rate([1.0, 2.0, 4.0, 8.0], [30.0, 33.0, 35.0, 36.0], [1.0, 2.0, 4.0, 8.0], [31.0, 33.0, 35.0, 37.0])
+    assert ints == bd_rate(
+        [1.0, 2.0, 4.0, 8.0], [30.0, 33.0, 35.0, 36.0], [1.0, 2.0, 4.0, 8.0], [31.0, 33.0, 35.0, 37.0]
+    )
 
 
 @pytest.mark.parametrize("which", ["anchor", "test"])

@@ -3,7 +3,8 @@ import json
 import pytest
 from PIL import Image
 
-from lvae.eval.plot import main, rd_figure
+from lvae.cli.plot import main
+from lvae.eval.plot import rd_figure
 
 
 def _result(name, test_set, bpp, psnr, **extra):
@@ -16,7 +17,9 @@ def _legend(fig) -> list[str]:
 
 
 def test_every_curve_is_labelled_with_the_anchors():
-    ours = _result("mine", "kodak", [0.5, 0.3, 1.0], [33.0, 31.0, 37.0], **{"bd-rate": {"anchor": "vtm18.0", "percent": -3.21}})
+    ours = _result(
+        "mine", "kodak", [0.5, 0.3, 1.0], [33.0, 31.0, 37.0], **{"bd-rate": {"anchor": "vtm18.0", "percent": -3.21}}
+    )
     jpeg = _result("jpeg", "kodak", [0.4, 0.8, 1.6], [27.0, 30.0, 33.0])
     fig = rd_figure([ours, jpeg])
     labels = _legend(fig)
@@ -62,7 +65,11 @@ def test_plot_command_writes_a_png(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "no such result file"), ("{not json", "is not a JSON file"), ('{"name": "x"}', "holds no rate–distortion curve")],
+    [
+        (None, "no such result file"),
+        ("{not json", "is not a JSON file"),
+        ('{"name": "x"}', "holds no rate–distortion curve"),
+    ],
 )
 def test_plot_command_bad_input_gives_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "bad.json"

@@ -9,6 +9,7 @@ from lvae.errors import BitstreamError
 from lvae.io import load_image
 from lvae.metrics import psnr
 from lvae.models.fixed_weights import load_fixed_reference_weights
+
 from conftest import DATA, LAMBDAS
 
 
@@ -87,7 +88,7 @@ def test_truncation_errors(small, base):
 def test_progressive_evaluation_script(tmp_path):
     import json
 
-    from lvae.eval.evaluation import main
+    from lvae.cli.evaluate import main
 
     out = tmp_path / "prog.json"
     rc = main(["--model", "qarv_small", "--dataset_name", str(DATA / "kodak3"), "--steps", "2", "--progressive",

@@ -1,13 +1,15 @@
 """Published rate–distortion curves shipped with the package (``lvae/data/anchors/*.json``).
 
-Each file holds one curve in the evaluation JSON schema: ``name``, ``test-set`` and
-``results: {bpp: [...], psnr: [...]}`` (plus ``lambdas`` for learned models).
+Each file holds one curve in the result format of :mod:`lvae.eval.results` (``name``,
+``test-set`` and ``results: {bpp: [...], psnr: [...]}``, plus ``lambdas`` for learned models) and
+is read by its parser.
 """
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
+
+from .results import parse_results
 
 __all__ = ["BD_ANCHOR", "list_anchors", "load_anchor", "anchors_for"]
 
@@ -16,11 +18,11 @@ BD_ANCHOR = "vtm18.0"
 
 
 def _read_all() -> list[dict[str, Any]]:
-    folder = resources.files("lvae").joinpath("data", "anchors")
+    folder = resources.files("lvae") / "data" / "anchors"
     curves = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
-            curves.append(json.loads(entry.read_text(encoding="utf-8")))
+            curves.append(parse_results(entry.read_bytes(), f"lvae/data/anchors/{entry.name}"))
     return curves
 
 

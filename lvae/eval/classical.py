@@ -1,14 +1,16 @@
 """Classical image codecs through Pillow (JPEG 4:2:0, WebP, AVIF), for rate–distortion baselines.
 
 Every codec maps an RGB image and a quality setting to the bytes of a complete image file, and
-those bytes back to an RGB image.
+those bytes back to an RGB image. Pillow is imported by the functions, not with the module: the
+codec names (:data:`CODECS`) serve ``lvae --help``.
 """
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image, features
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["CODECS", "DEFAULT_QUALITIES", "has_avif", "available_codecs", "codec_info", "encode", "decode"]
 
@@ -33,15 +35,21 @@ _QUALITY_RANGE = {"jpeg": (1, 95), "webp": (0, 100), "avif": (0, 100)}
 
 def has_avif() -> bool:
     """Whether the installed Pillow can write and read AVIF."""
+    from PIL import features
+
     return bool(features.check("avif"))
 
 
 def available_codecs() -> list[str]:
     """The codecs of :data:`CODECS` that the installed Pillow supports."""
+    from PIL import features
+
     return [c for c in CODECS if features.check(_FEATURE[c])]
 
 
 def _check_codec(codec: str) -> None:
+    from PIL import features
+
     if codec not in _SETTINGS:
         raise ValueError(f"unknown codec {codec!r}; known codecs: {', '.join(CODECS)}")
     if not features.check(_FEATURE[codec]):
@@ -55,6 +63,8 @@ def _check_codec(codec: str) -> None:
 
 def codec_info(codec: str) -> dict[str, Any]:
     """The codec's settings and its library version, for result files."""
+    from PIL import features
+
     _check_codec(codec)
     settings = {k: v for k, v in _SETTINGS[codec].items() if k != "format"}
     return {"codec": codec, "library_version": features.version(_FEATURE[codec]), "settings": settings}
@@ -73,5 +83,7 @@ def encode(image: Image.Image, codec: str, quality: int) -> bytes:
 
 def decode(data: bytes) -> Image.Image:
     """Decode the bytes of an image file to an RGB image."""
+    from PIL import Image
+
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")

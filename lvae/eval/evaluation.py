@@ -6,55 +6,39 @@ is coded to a file, the file is read back and decoded, and the row keeps the fil
 MS-SSIM. Reconstructions are rounded to 8 bits, as written to an image file. Per-point results
 are means over images (PSNR averaged per image, as the published curves were made).
 
-``main`` is the command line of ``eval-var-rate.py`` and ``lvae eval``.
+The λ values come from :func:`lvae.eval.lambdas.lambda_sweep`, the result's header and its file
+from :mod:`lvae.eval.results`; the command line is ``eval-var-rate.py`` / ``lvae eval``
+(:mod:`lvae.cli.evaluate`).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import importlib.metadata
-import math
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from . import anchors, classical
-from ..errors import LvaeError
-from ..metrics import MS_SSIM_MIN_SIDE, ms_ssim, mse, mse_to_psnr, bd_rate
+from ..metrics import MS_SSIM_MIN_SIDE, ms_ssim, mse, mse_to_psnr
 from ..utils.datasets import IMAGE_EXTENSIONS, known_datasets, list_images, resolve_dataset
-from ..utils.args import OneLineArgumentParser
+from . import classical
+from .lambdas import DEFAULT_STEPS, lambda_sweep
+from .results import report_header, save_results
+
+if TYPE_CHECKING:
+    from ..coding.codec import CompressionMixin
 
 __all__ = [
+    "DEFAULT_STEPS",
     "lambda_sweep",
     "find_images",
-    "load_model",
     "evaluate_model",
+    "evaluate_progressive",
     "evaluate_codec",
-    "bd_rate_vs_anchor",
     "save_results",
-    "main",
 ]
-
-DEFAULT_STEPS = 16  # the published curves use 16 λ values
-
-
-def lambda_sweep(low: float, high: float, steps: int = DEFAULT_STEPS) -> list[float]:
-    """``steps`` λ values log-spaced from ``low`` to ``high`` (both included)."""
-    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
-        raise ValueError(f"the λ range must satisfy 0 < low ≤ high, got {low:g}, {high:g}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if steps == 1:
-        return [float(low)]
-    return [float(v) for v in np.exp(np.linspace(math.log(low), math.log(high), steps))]
 
 
 def find_images(dataset: str) -> tuple[str, Path, list[Path]]:
@@ -69,39 +53,6 @@ def find_images(dataset: str) -> tuple[str, Path, list[Path]]:
     if not images:
         raise ValueError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return test_set, folder, images
-
-
-def load_model(
-    name: str,
-    weights: str | None = None,
-    model_args: dict[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[nn.Module, str]:
-    """Build a registered model ready for coding; returns ``(model, weights_description)``.
-
-    ``weights``: a checkpoint path; ``'random'`` for random weights; None for the model's
-    published weights, or random weights if it has none.
-    """
-    import lvae
-    from ..models.registry import model_weights
-
-    has_published = model_weights(name) is not None  # ValueError for an unknown name
-    if weights is None:
-        pretrained: bool | str = has_published
-        described = "published" if has_published else "random"
-    elif weights == "random":
-        pretrained, described = False, "random"
-    else:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"checkpoint {weights} does not exist")
-        pretrained, described = str(weights), str(weights)
-    try:
-        model = lvae.get_model(name, pretrained=pretrained, **(model_args or {}))
-    except TypeError as exc:
-        raise ValueError(f"bad model arguments for {name!r}: {exc}") from None
-    model = model.eval().to(device)
-    model.compress_mode(True)
-    return model, described
 
 
 def _sync(device: torch.device) -> None:
@@ -122,6 +73,10 @@ def _image_metrics(ref: torch.Tensor, rec: torch.Tensor) -> dict[str, float | No
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def _model_name(model: CompressionMixin, name: str | None) -> str:
+    return name or getattr(model, "name", None) or type(model).__name__
 
 
 def _sweep(
@@ -193,50 +148,8 @@ def _sweep(
     return rows, results, timings
 
 
-def _versions() -> dict[str, str | None]:
-    import PIL
-    from PIL import features
-
-    import lvae
-
-    try:  # the distribution's metadata: importing the compressai package takes seconds
-        compressai_version = importlib.metadata.version("compressai")
-    except importlib.metadata.PackageNotFoundError:
-        compressai_version = None
-    return {
-        "lvae": lvae.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "compressai": compressai_version,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "libjpeg": features.version("jpg"),
-        "libwebp": features.version("webp"),
-        "libavif": features.version("avif"),
-    }
-
-
-def _describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def _report(name: str, test_set: str, folder: Path, images: Sequence[Path], device: torch.device) -> dict[str, Any]:
-    return {
-        "name": name,
-        "test-set": test_set,
-        "dataset-folder": str(folder),
-        "num-images": len(images),
-        "platform": f"{platform.platform()} ({platform.processor() or platform.machine()})",
-        "device": _describe_device(device),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
-
-
 def evaluate_model(
-    model: nn.Module,
+    model: CompressionMixin,
     images: Sequence[Path],
     lambdas: Sequence[float],
     *,
@@ -264,13 +177,13 @@ def evaluate_model(
 
         model.decompress(model.compress(load_image(images[0]).to(device), lmb=lambdas[0]))
     rows, results, timings = _sweep(images, lambdas, "lmb", ".bits", encode, decode, device, progress)
-    report = _report(name or getattr(model, "name", type(model).__name__), test_set, folder or images[0].parent, images, device)
+    report = report_header(_model_name(model, name), test_set, folder or images[0].parent, images, device)
     report.update(lambdas=lambdas, qualities=None, results=results, timings=timings, **{"per-image": rows})
     return report
 
 
 def evaluate_progressive(
-    model: nn.Module,
+    model: CompressionMixin,
     images: Sequence[Path],
     lambdas: Sequence[float],
     *,
@@ -309,8 +222,7 @@ def evaluate_progressive(
         for key in prefixes:
             prefixes[key].append([_mean([r[key] for r in rows if r["lmb"] == lmb and r["latents"] == k])
                                   for k in range(n + 1)])
-    report = _report(name or getattr(model, "name", type(model).__name__), test_set, folder or images[0].parent,
-                     images, device)
+    report = report_header(_model_name(model, name), test_set, folder or images[0].parent, images, device)
     report.update(lambdas=lambdas, **{"num-latents": n, "prefixes": prefixes, "per-image": rows})
     return report
 
@@ -341,157 +253,9 @@ def evaluate_codec(
         return torch.from_numpy(arr).permute(2, 0, 1)[None]
 
     cpu = torch.device("cpu")
-    rows, results, timings = _sweep(images, qualities, "quality", classical.FILE_SUFFIX[codec], encode, decode, cpu, progress)
-    report = _report(codec, test_set, folder or images[0].parent, images, cpu)
-    report.update(lambdas=None, qualities=qualities, codec=info, results=results, timings=timings, **{"per-image": rows})
+    suffix = classical.FILE_SUFFIX[codec]
+    rows, results, timings = _sweep(images, qualities, "quality", suffix, encode, decode, cpu, progress)
+    report = report_header(codec, test_set, folder or images[0].parent, images, cpu)
+    report.update(lambdas=None, qualities=qualities, codec=info, results=results, timings=timings,
+                  **{"per-image": rows})
     return report
-
-
-def bd_rate_vs_anchor(report: dict[str, Any], anchor: str = anchors.BD_ANCHOR) -> float | None:
-    """BD-rate (%) of a result against the shipped ``anchor`` curve of its test set.
-
-    None when no such curve is shipped; ``ValueError`` when the curves cannot be compared.
-    """
-    try:
-        ref = anchors.load_anchor(report["test-set"], anchor)
-    except ValueError:
-        return None
-    res = report["results"]
-    return bd_rate(ref["results"]["bpp"], ref["results"]["psnr"], res["bpp"], res["psnr"])
-
-
-def save_results(report: dict[str, Any], path: str | Path) -> Path:
-    """Write a result dict as indented JSON (creating parent folders); returns the path."""
-    import json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def _build_parser(prog: str | None) -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(
-        prog=prog,
-        description="Rate–distortion evaluation of a variable-rate model or a classical codec: "
-        "real coding to files, bpp from file sizes, PSNR (RGB) and MS-SSIM; writes a JSON.",
-    )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", help="registered model name, e.g. qarv_base")
-    what.add_argument("--codec", choices=classical.CODECS, help="classical codec through Pillow")
-    p.add_argument("--model_args", default=None, help="architecture overrides: \"{'k': v}\" or \"k=v, k2=v2\"")
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="checkpoint path, or 'random'; default: the model's published weights (random if it has none)",
-    )
-    p.add_argument("--lmb_range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="default: the model's range")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="number of log-spaced λ values (default 16)")
-    p.add_argument("--qualities", type=int, nargs="+", help="codec qualities (default: a sweep from 5 in steps of 5)")
-    p.add_argument("--dataset_name", default="kodak", help="known data set name or image folder (default kodak)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--output", default=None, help="result JSON (default: results/<name>-<test-set>.json)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    p.add_argument("--progressive", action="store_true",
-                   help="measure every prefix of the latent strings (bpp and PSNR for k = 0 … L) instead; "
-                        "writes results/<name>-<test-set>-progressive.json and a plot beside it")
-    return p
-
-
-def _print_table(report: dict[str, Any]) -> None:
-    key, points = ("lmb", report["lambdas"]) if report["lambdas"] is not None else ("quality", report["qualities"])
-    res = report["results"]
-    print(f"{report['name']} on {report['test-set']} ({report['num-images']} images, {report['device']})")
-    print(f"{key:>9} {'bpp':>8} {'PSNR':>8} {'MS-SSIM':>8}")
-    for i, point in enumerate(points):
-        ms = res["ms-ssim"][i]
-        print(f"{point:>9.4g} {res['bpp'][i]:>8.4f} {res['psnr'][i]:>8.3f} {'-' if ms is None else f'{ms:.5f}':>8}")
-    t = report["timings"]
-    print(f"mean encode {t['encode-seconds-mean']:.4f} s, decode {t['decode-seconds-mean']:.4f} s per image")
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {args.device!r} was asked for, but CUDA is not available here")
-
-    if args.codec is not None:
-        for flag in ("model_args", "weights", "lmb_range"):
-            if getattr(args, flag) is not None:
-                raise ValueError(f"--{flag} applies to --model, not to --codec")
-    elif args.qualities is not None:
-        raise ValueError("--qualities applies to --codec, not to --model")
-
-    test_set, folder, images = find_images(args.dataset_name)
-    progress = not args.no_progress
-    if args.codec is not None:
-        report = evaluate_codec(args.codec, images, args.qualities, test_set=test_set, folder=folder, progress=progress)
-    else:
-        from ..utils.args import parse_model_args
-
-        model_args = parse_model_args(args.model_args)
-        model, weights = load_model(args.model, args.weights, model_args, device)
-        low, high = args.lmb_range if args.lmb_range is not None else model.lmb_range
-        lo_ok, hi_ok = model.lmb_range
-        if low < lo_ok or high > hi_ok:
-            raise ValueError(f"--lmb_range {low:g} {high:g} is outside the model's range [{lo_ok:g}, {hi_ok:g}]")
-        lambdas = lambda_sweep(low, high, args.steps)
-        if weights == "random":
-            print(f"note: {args.model} is evaluated with random weights", file=sys.stderr)
-        if args.progressive:
-            return _run_progressive(args, model, images, lambdas, test_set, folder, progress)
-        report = evaluate_model(model, images, lambdas, name=args.model, test_set=test_set, folder=folder, progress=progress)
-        report.update(weights=weights, **{"model-args": model_args})
-
-    _print_table(report)
-    try:
-        value = bd_rate_vs_anchor(report)
-    except ValueError as exc:
-        report["bd-rate"] = {"anchor": anchors.BD_ANCHOR, "percent": None, "note": str(exc)}
-        print(f"BD-rate vs {anchors.BD_ANCHOR}: not computed: {exc}")
-    else:
-        if value is not None:
-            report["bd-rate"] = {"anchor": anchors.BD_ANCHOR, "percent": value}
-            print(f"BD-rate vs {anchors.BD_ANCHOR} on {test_set}: {value:+.2f} %")
-    output = args.output or f"results/{report['name']}-{test_set}.json"
-    print(f"results written to {save_results(report, output)}")
-    return 0
-
-
-def _run_progressive(args, model, images, lambdas, test_set, folder, progress) -> int:
-    report = evaluate_progressive(model, images, lambdas, name=args.model, test_set=test_set, folder=folder,
-                                  progress=progress)
-    pre = report["prefixes"]
-    print(f"{report['name']} on {test_set} ({len(images)} images): mean bpp / PSNR of the first k latent strings")
-    print(f"{'lmb':>9} " + " ".join(f"{'k=' + str(k):>15}" for k in range(report["num-latents"] + 1)))
-    for i, lmb in enumerate(lambdas):
-        print(f"{lmb:>9.4g} " + " ".join(f"{b:>7.4f}/{p:>6.2f}" for b, p in zip(pre["bpp"][i], pre["psnr"][i])))
-    output = Path(args.output or f"results/{report['name']}-{test_set}-progressive.json")
-    print(f"results written to {save_results(report, output)}")
-    from .plot import plot_progressive_rd
-
-    print(f"plot written to {plot_progressive_rd(report, output.with_suffix('.png'))}")
-    return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Command line of ``eval-var-rate.py`` / ``lvae eval``; returns the exit status."""
-    args = _build_parser(prog).parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, OSError, RuntimeError, LvaeError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

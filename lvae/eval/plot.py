@@ -1,37 +1,22 @@
 """Rate–distortion plots (PSNR against bpp) of result JSONs, with the shipped anchor curves.
 
-``main`` is the command line of ``lvae plot``.
+The command line is ``lvae plot`` (:mod:`lvae.cli.plot`). matplotlib is imported only when a
+figure is made.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import anchors
-from ..utils.args import OneLineArgumentParser
+from .results import load_results
 
-__all__ = ["load_results", "rd_figure", "plot_rd", "main"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one result JSON and check that it holds a curve (``results.bpp`` and ``results.psnr``)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such result file: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a JSON file ({exc})") from None
-    res = data.get("results") if isinstance(data, dict) else None
-    if not isinstance(res, dict) or not isinstance(res.get("bpp"), list) or not isinstance(res.get("psnr"), list):
-        raise ValueError(f"{path} holds no rate–distortion curve (expected results.bpp and results.psnr lists)")
-    if len(res["bpp"]) != len(res["psnr"]) or not res["bpp"]:
-        raise ValueError(f"{path}: results.bpp and results.psnr must be non-empty and of equal length")
-    return data
+__all__ = ["rd_figure", "plot_rd", "plot_progressive", "plot_progressive_rd"]
 
 
 def _label(curve: dict[str, Any], fallback: str) -> str:
@@ -43,11 +28,11 @@ def _label(curve: dict[str, Any], fallback: str) -> str:
 
 
 def rd_figure(
-    curves: Sequence[dict[str, Any] | str | os.PathLike],
+    curves: Sequence[dict[str, Any] | str | os.PathLike[str]],
     *,
     with_anchors: bool = True,
     title: str | None = None,
-):
+) -> Figure:
     """A matplotlib figure of PSNR against bpp for result dicts or JSON paths.
 
     With ``with_anchors``, the shipped curves of every test set in ``curves`` are drawn too
@@ -98,8 +83,8 @@ def rd_figure(
 
 
 def plot_rd(
-    curves: Sequence[dict[str, Any] | str | os.PathLike],
-    output: str | os.PathLike,
+    curves: Sequence[dict[str, Any] | str | os.PathLike[str]],
+    output: str | os.PathLike[str],
     *,
     with_anchors: bool = True,
     title: str | None = None,
@@ -113,7 +98,7 @@ def plot_rd(
     return output
 
 
-def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str | os.PathLike, *,
+def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str | os.PathLike[str], *,
                      columns: int = 4, title: str | None = None, dpi: int = 80) -> Path:
     """Write the images of a progressive decode (Pillow images or H×W×3 arrays) in a grid, each
     with its label underneath (e.g. ``k = 3: 0.0196 bpp``), as a PNG at ``output``."""
@@ -143,7 +128,7 @@ def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str |
     return output
 
 
-def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike, *, dpi: int = 150) -> Path:
+def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """PSNR against bpp of every prefix (k = 0 … L latent strings), one line per λ, over the
     full-file R–D curve (k = L), from :func:`lvae.eval.evaluation.evaluate_progressive`'s report."""
     from matplotlib.figure import Figure
@@ -167,20 +152,3 @@ def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike, *, dp
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=dpi, format="png")
     return output
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Command line of ``lvae plot``: ``lvae plot results/*.json -o rd.png``; returns the exit status."""
-    p = OneLineArgumentParser(prog=prog, description="Plot PSNR against bpp for result JSONs, with the published anchor curves.")
-    p.add_argument("results", nargs="+", help="result JSON files (from eval-var-rate.py / lvae eval)")
-    p.add_argument("-o", "--output", default="rd.png", help="PNG to write (default rd.png)")
-    p.add_argument("--title", default=None, help="plot title")
-    p.add_argument("--no_anchors", action="store_true", help="leave out the published anchor curves")
-    args = p.parse_args(argv)
-    try:
-        out = plot_rd(args.results, args.output, with_anchors=not args.no_anchors, title=args.title)
-    except (ValueError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    print(f"plot written to {out}")
-    return 0

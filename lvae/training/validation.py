@@ -1,37 +1,41 @@
-"""Periodic validation: bpp and PSNR at a few λ values, and BD-rate against VTM 18.0.
+"""Periodic validation: bpp and PSNR at a few λ values, and BD-rate against the shipped anchor.
 
 Every rank evaluates its share of the images (image ``i`` goes to rank ``i mod world``) and the
 sums are all-reduced, so no rank waits for another's whole validation.
+
+The rules come from one place each: the λ values from :func:`lvae.eval.lambdas.lambda_sweep`,
+the padding from :func:`lvae.coding.codec.pad_image`, PSNR from :mod:`lvae.metrics`, the anchor
+(:data:`lvae.eval.anchors.BD_ANCHOR`) from :func:`lvae.eval.anchors.load_anchor` and the BD-rate
+from :func:`lvae.eval.compare.compare`.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from importlib import resources
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from ..coding.codec import pad_image
+from ..eval.anchors import BD_ANCHOR, load_anchor
+from ..eval.compare import compare
+from ..eval.lambdas import lambda_sweep
+from ..metrics import psnr as rgb_psnr
 from ..utils.datasets import known_datasets, list_images, resolve_dataset
 from .data import load_rgb
 from .distributed import DistContext
 
-__all__ = ["validation_lambdas", "load_validation_images", "evaluate", "anchor_curve", "bd_rate_vs_anchor"]
+if TYPE_CHECKING:
+    from ..coding.codec import CompressionMixin
 
-LOG2_E = math.log2(math.e)
-ANCHOR = "vtm18.0"
+__all__ = ["validation_lambdas", "load_validation_images", "evaluate", "anchor_curve", "bd_rate_vs_anchor"]
 
 
 def validation_lambdas(lmb_range: Sequence[float], steps: int) -> list[float]:
-    """``steps`` λ values log-spaced over ``lmb_range`` (its geometric middle when ``steps`` is 1)."""
-    lo, hi = (float(v) for v in lmb_range)
-    if steps == 1:
-        return [math.sqrt(lo * hi)]
-    return [float(v) for v in np.exp(np.linspace(math.log(lo), math.log(hi), steps))]
+    """:func:`lvae.eval.lambdas.lambda_sweep` over ``lmb_range`` (``[low]`` when ``steps`` is 1)."""
+    low, high = (float(v) for v in lmb_range)
+    return lambda_sweep(low, high, steps)
 
 
 def load_validation_images(valset: str) -> list[torch.Tensor]:
@@ -55,77 +59,66 @@ def load_validation_images(valset: str) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: CompressionMixin,
     images: Sequence[torch.Tensor],
     lmbs: Sequence[float],
     ctx: DistContext,
 ) -> dict[str, Any]:
     """Eval-mode rate and quality of ``model`` over ``images`` at each λ, averaged over images.
 
-    Images are padded (edge replication, right/bottom) to multiples of ``model.max_stride``;
-    bpp counts the estimated bits per pixel of the original image, PSNR is on the cropped
-    reconstruction (RGB, [0, 1]), as in the evaluation protocol.
+    Images are padded as for coding (:func:`~lvae.coding.codec.pad_image`); bpp is the model's
+    estimated bits spread over the pixels of the original image, PSNR is
+    :func:`lvae.metrics.psnr` of the cropped reconstruction (RGB, [0, 1]), as in the evaluation
+    protocol.
     """
     was_training = model.training
     model.eval()
-    stride = model.max_stride
     # Per λ: sums of bpp, PSNR and loss over this rank's images, and the image count.
     sums = torch.zeros(len(lmbs), 4, dtype=torch.float64, device=ctx.device)
     try:
         for i in range(ctx.rank, len(images), ctx.world_size):
             im = images[i].to(ctx.device).float().div_(255.0)
             h, w = im.shape[2:]
-            pad = (0, (-w) % stride, 0, (-h) % stride)
-            x = F.pad(im, pad, mode="replicate") if any(pad) else im
+            x = pad_image(im, model.max_stride)
+            padded_per_original = x.shape[2] * x.shape[3] / (h * w)
             for j, lmb in enumerate(lmbs):
                 out = model(x, lmb=lmb)
-                bpp = out["kl"].sum().double() * LOG2_E / (h * w)
+                bpp = float(out["bpp"].double()) * padded_per_original  # the model's bpp is per padded pixel
                 rec = model.postprocess(out["x_hat"])[..., :h, :w]
-                mse = (rec.double() - im.double()).pow(2).mean()
-                psnr = -10 * torch.log10(mse.clamp_min(1e-20))
-                sums[j] += torch.stack([bpp, psnr, out["loss"].double(), torch.ones_like(bpp)])
+                row = [bpp, rgb_psnr(rec, im), float(out["loss"].double()), 1.0]
+                sums[j] += torch.tensor(row, dtype=torch.float64, device=ctx.device)
     finally:
         model.train(was_training)
     ctx.all_reduce_(sums)
     sums = sums.cpu()
     count = sums[:, 3].clamp_min(1)
-    bpp, psnr, loss = (sums[:, k] / count for k in range(3))
+    bpp_mean, psnr_mean, loss = (sums[:, k] / count for k in range(3))
     return {
         "lmb": [float(v) for v in lmbs],
-        "bpp": bpp.tolist(),
-        "psnr": psnr.tolist(),
+        "bpp": bpp_mean.tolist(),
+        "psnr": psnr_mean.tolist(),
         "loss": float(loss.mean()),
         "images": int(sums[0, 3]),
     }
 
 
 def anchor_curve(valset: str) -> dict[str, Any] | None:
-    """The VTM 18.0 curve shipped for ``valset`` if it is a known data set name, else None."""
+    """The shipped :data:`~lvae.eval.anchors.BD_ANCHOR` curve of ``valset`` if it is a known data
+    set name that has one, else None."""
     if valset not in known_datasets:
         return None
     try:
-        from ..eval.anchors import load_anchor
-    except ImportError:
-        path = resources.files("lvae").joinpath("data", "anchors", f"{valset}-{ANCHOR}.json")
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    try:
-        return load_anchor(valset, ANCHOR)
+        return load_anchor(valset, BD_ANCHOR)
     except ValueError:
         return None
 
 
 def bd_rate_vs_anchor(anchor: dict[str, Any], bpp: Sequence[float], psnr: Sequence[float]) -> float | None:
-    """BD-rate (%) of a validation curve against ``anchor``; None if it cannot be computed
-    (fewer than 4 points, no PSNR overlap early in training, or :mod:`lvae.metrics` missing)."""
+    """BD-rate (%) of a validation curve against ``anchor``, by :func:`lvae.eval.compare.compare`;
+    None when it cannot be computed (fewer than 4 points, no PSNR overlap early in training)."""
+    curve = {"results": {"bpp": list(bpp), "psnr": list(psnr)}}
     try:
-        from ..metrics import bd_rate
-    except ImportError:
-        return None
-    results = anchor["results"]
-    try:
-        value = bd_rate(results["bpp"], results["psnr"], list(bpp), list(psnr))
+        value = compare(curve, anchor)["bd-rate"]
     except ValueError:
         return None
     return value if math.isfinite(value) else None

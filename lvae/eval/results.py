@@ -1,0 +1,113 @@
+"""The result JSON of an evaluation: the one place that writes it, reads it and makes its header.
+
+A result holds one rate–distortion curve: ``name``, ``test-set`` and ``results: {bpp: [...],
+psnr: [...]}`` (non-empty lists of equal length), plus whatever the run adds (``lambdas``,
+``per-image``, ``timings``...; see docs/evaluation.md). The shipped anchor curves
+(:mod:`lvae.eval.anchors`) are files of the same format and are read by the same
+:func:`parse_results`.
+
+Importing this module imports no torch (the header's functions import it when called).
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["report_header", "versions", "describe_device", "save_results", "parse_results", "load_results"]
+
+
+# -- the header every result starts with ----------------------------------------------------------
+def versions() -> dict[str, str | None]:
+    """The versions of lvae, Python, torch, CompressAI, numpy, Pillow and Pillow's codec libraries."""
+    import numpy as np
+    import PIL
+    import torch
+    from PIL import features
+
+    import lvae
+
+    try:  # the distribution's metadata: importing the compressai package takes seconds
+        compressai_version: str | None = importlib.metadata.version("compressai")
+    except importlib.metadata.PackageNotFoundError:
+        compressai_version = None
+    return {
+        "lvae": lvae.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "compressai": compressai_version,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "libjpeg": features.version("jpg"),
+        "libwebp": features.version("webp"),
+        "libavif": features.version("avif"),
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (<the GPU's name>)``."""
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def report_header(
+    name: str, test_set: str, folder: Path, images: Sequence[Path], device: torch.device
+) -> dict[str, Any]:
+    """The first keys of a result: what was measured, on which images, where, when and with what."""
+    return {
+        "name": name,
+        "test-set": test_set,
+        "dataset-folder": str(folder),
+        "num-images": len(images),
+        "platform": f"{platform.platform()} ({platform.processor() or platform.machine()})",
+        "device": describe_device(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+
+
+# -- writing and reading --------------------------------------------------------------------------
+def save_results(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a result as indented JSON (creating parent folders), atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    return path
+
+
+def parse_results(data: str | bytes, source: str) -> dict[str, Any]:
+    """Parse the text of a result and check that it holds a curve (``results.bpp`` and
+    ``results.psnr``, non-empty lists of equal length); ``ValueError`` naming ``source`` if not."""
+    try:
+        parsed = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{source} is not a JSON file ({exc})") from None
+    res = parsed.get("results") if isinstance(parsed, dict) else None
+    if not isinstance(res, dict) or not isinstance(res.get("bpp"), list) or not isinstance(res.get("psnr"), list):
+        raise ValueError(f"{source} holds no rate–distortion curve (expected results.bpp and results.psnr lists)")
+    if len(res["bpp"]) != len(res["psnr"]) or not res["bpp"]:
+        raise ValueError(f"{source}: results.bpp and results.psnr must be non-empty and of equal length")
+    return parsed
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one result file (see :func:`parse_results`); ``FileNotFoundError`` if there is none."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such result file: {path}") from None
+    return parse_results(data, str(path))
