@@ -13,6 +13,7 @@ from lvae.training.config import ConfigError, parse_args
 from lvae.training.data import ImageFolderCrops
 from lvae.training.distributed import DistContext
 from lvae.training.trainer import Trainer
+
 from test_training_runs import assert_identical, tiny_args
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -123,7 +124,8 @@ def test_checkpoint_logs_the_ranks_weight_checksums(saved, monkeypatch):
     t.save_checkpoint()
     monkeypatch.setattr(type(t.ctx), "all_gather_object",
                         lambda self, obj: [obj, "0" * 16] if isinstance(obj, str) else [obj, obj])
-    with pytest.warns(RuntimeWarning, match=rf"^model weights differ between ranks at iteration 3: \['{mine}', '0{{16}}'\]$"):
+    with pytest.warns(RuntimeWarning,
+                      match=rf"^model weights differ between ranks at iteration 3: \['{mine}', '0{{16}}'\]$"):
         t.save_checkpoint()
     t.log.close()
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -172,7 +174,8 @@ def test_resume_names_last_pt_when_its_weights_do_not_fit(saved):
     ckpt = load_training_checkpoint(run / LAST)
     del ckpt["model"]["bias"]
     torch.save(ckpt, run / LAST)
-    with pytest.raises(CheckpointError, match=r"^last\.pt does not fit model 'qarv_tiny': 1 missing key\(s\), first: bias$"):
+    with pytest.raises(CheckpointError,
+                       match=r"^last\.pt does not fit model 'qarv_tiny': 1 missing key\(s\), first: bias$"):
         _trainer(run.parent, None, explicit_resume="r")
 
 
@@ -239,7 +242,8 @@ def test_training_checkpoint_must_hold_its_fields(tmp_path):
                                               r"weights use --weights$"):
         load_training_checkpoint(tmp_path / "part.pt")
     torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(CheckpointError, match=r"\(missing: model, optimizer, iteration, config, model_name, model_args\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"\(missing: model, optimizer, iteration, config, model_name, model_args\)"):
         load_training_checkpoint(tmp_path / "list.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 10)
     try:

@@ -34,7 +34,8 @@ def test_defaults_are_the_authors_recipe():
     cfg, explicit = parse_args([])
     assert explicit == set()
     assert (cfg.trainset, cfg.crop, cfg.hflip, cfg.batch_size, cfg.lr) == ("coco-train2017", 256, True, 32, 2e-4)
-    assert (cfg.iterations, cfg.grad_clip, cfg.ema, cfg.ema_decay, cfg.ema_warmup) == (2_000_000, 2.0, True, 0.9999, 1e4)
+    assert (cfg.iterations, cfg.grad_clip, cfg.ema, cfg.ema_decay, cfg.ema_warmup) == (
+        2_000_000, 2.0, True, 0.9999, 1e4)
     assert (cfg.lr_sched, cfg.lrf_min, cfg.wdecay) == ("const-0.5-cos", 0.01, 0.0)
     assert (cfg.valset, cfg.val_steps, cfg.val_every) == ("kodak", 8, 2000)
     assert (cfg.wbproject, cfg.wbgroup, cfg.wbmode) == ("default", "var-rate-exp", "disabled")
@@ -159,7 +160,8 @@ def test_schedules_at_their_edges():
     assert lr_factor("cosine", -5, 100, lrf_min=0.1) == 1.0  # before the start: the start
     assert lr_factor("const-0.5-cos", 5, 11) == 1.0 and lr_factor("const-0.5-cos", 6, 11) < 1.0  # half = 5.5
     assert lr_factor("const-0.5-cos", 1, 1) == pytest.approx(0.01)
-    assert lr_factor("cosine", 9, 100, warmup=10) == pytest.approx(lr_factor("cosine", 9, 100))  # last warm-up step: full
+    # last warm-up step: full
+    assert lr_factor("cosine", 9, 100, warmup=10) == pytest.approx(lr_factor("cosine", 9, 100))
     assert lr_factor("cosine", 0, 100, warmup=4) == pytest.approx(0.25)
     assert lr_factor("constant", 10, 100, warmup=10) == 1.0
     assert lr_factor("constant", 0, 100, warmup=0) == 1.0

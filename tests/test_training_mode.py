@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from lvae.coding.gaussian import gaussian_bin_nll
+
 from conftest import DATA
 
 CANCELLATION_NLL = (5.0, 14.5)  # their nll where their float32 mass cancels (README)

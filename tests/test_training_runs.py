@@ -258,7 +258,7 @@ def test_sigterm_saves_last_pt_and_the_run_resumes(tmp_path):
         (["--batch_size", "-1"], "--batch_size must be at least 1"),
         (["--bogus_flag"], "unrecognized arguments: --bogus_flag"),
         (["--model", "qarv_huge"], "unknown model 'qarv_huge'; known models:"),
-        (["--model_args", "no_such_arg=3"], "bad --model_args"),
+        (["--model_args", "no_such_arg=3"], "bad model arguments for 'qarv_tiny'"),
         (["--trainset", "{empty}"], "no training images in"),
         (["--trainset", "no-such-dataset"], "neither an existing folder nor a known data set"),
         (["--resume", "never-ran"], "nothing to resume"),

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from ..io import atomic_output
 
 __all__ = [
     "atomic_save",
@@ -35,19 +36,12 @@ _REQUIRED = ("model", "optimizer", "iteration", "config", "model_name", "model_a
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it: a reader (or a crash)
-    never sees a half-written checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` through :func:`lvae.io.atomic_output` (a temporary file beside ``path``,
+    renamed into place): a reader (or a crash) never sees a half-written checkpoint."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def rng_state() -> dict[str, Any]:

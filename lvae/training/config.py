@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, NoReturn
 
-from ..utils.args import parse_model_args
+from ..models.qarv import MAX_STRIDE
+from ..utils.args import OneLineArgumentParser, parse_model_args
 
-__all__ = ["ConfigError", "TrainingError", "TrainConfig", "build_parser", "parse_args", "merge_for_resume", "LR_SCHEDULES"]
+__all__ = [
+    "ConfigError", "TrainingError", "TrainConfig", "build_parser", "parse_args", "merge_for_resume", "LR_SCHEDULES",
+]
 
 LR_SCHEDULES = ("const-0.5-cos", "cosine", "constant")
 WB_MODES = ("online", "offline", "disabled")
 LOSS_NORMS = ("none", "lmb")
-MAX_STRIDE = 64  # QARV's total down-sampling; crops must be multiples of it
 
 # Flags that may change when a run is resumed; any other flag must keep its value.
 RESUME_OVERRIDABLE = frozenset(
@@ -35,7 +38,7 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Everything that defines a training run; saved in the run folder and in every checkpoint.
 
-    Defaults are the recipe of the published ``qarv_base`` (SPEC.md, "Training recipe").
+    Defaults are the recipe of the published ``qarv_base`` (docs/training.md).
     ``batch_size`` is per process: ``torchrun --nproc_per_node 2 ... --batch_size 16`` trains with
     the same global batch (32) as one process with ``--batch_size 32``.
     """
@@ -43,7 +46,7 @@ class TrainConfig:
     model: str = "qarv_base"
     model_args: dict[str, Any] = field(default_factory=dict)
     trainset: str = "coco-train2017"
-    crop: int = 256  # random square crops; must be a multiple of 64
+    crop: int = 256  # random square crops; must be a multiple of the model's stride (64)
     hflip: bool = True
     valset: str = "kodak"  # "none" disables validation
     val_steps: int = 8  # λ values, log-spaced over the model's range
@@ -112,7 +115,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -120,11 +123,15 @@ class TrainConfig:
         return cls(**d)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises instead of printing usage and exiting."""
+class _Parser(OneLineArgumentParser):
+    """:class:`OneLineArgumentParser` whose usage error is raised as :class:`ConfigError` (its one
+    line, less the ``prog: error:`` that :func:`lvae.training.main` prints) instead of exiting, so
+    that :func:`parse_args` can be called from code. ``--help`` still prints and exits."""
 
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{message} (see --help)")
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0 or message is None:
+            super().exit(status, message)
+        raise ConfigError(message.rstrip("\n").removeprefix(f"{self.prog}: error: "))
 
 
 def _parse_transform(text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
+from torchvision.transforms import v2
 
 from ..utils.datasets import IMAGE_EXTENSIONS, list_images, resolve_dataset
 
@@ -17,17 +18,19 @@ __all__ = ["ImageFolderCrops", "ResumableDistributedSampler", "load_rgb", "worke
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an H×W×3 uint8 array (decoded fully, so a truncated file fails here)."""
+    """An image file as a writable H×W×3 uint8 array (decoded fully, so a truncated file fails here)."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # np.asarray would be read-only, which torch.from_numpy warns about
 
 
-class ImageFolderCrops(Dataset):
-    """Random ``crop``×``crop`` patches (float, [0, 1], 3×crop×crop) of the images in a folder.
+class ImageFolderCrops(Dataset[torch.Tensor]):
+    """Random ``crop``×``crop`` patches (float, [0, 1], 3×crop×crop) of the images in a folder,
+    mirrored left–right with probability ½ when ``hflip``.
 
     ``root`` is a folder or a name of :data:`lvae.utils.datasets.known_datasets`; sub-folders are searched.
-    Images smaller than the crop are reflect-padded. Unreadable files are skipped with a warning
-    (the next readable image takes their place).
+    Images smaller than the crop are reflect-padded (right and bottom). Unreadable files are
+    skipped with a warning (the next readable image takes their place). The random draws use
+    torch's global generator.
     """
 
     def __init__(self, root: str | os.PathLike, crop: int, hflip: bool = True):
@@ -41,6 +44,10 @@ class ImageFolderCrops(Dataset):
             raise ValueError(f"crop size must be positive, got {crop}")
         self.crop = crop
         self.hflip = hflip
+        steps: list[v2.Transform] = [v2.RandomCrop(crop)]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        self._augment = v2.Compose(steps)
         self._unreadable: set[Path] = set()
 
     def __len__(self) -> int:
@@ -62,18 +69,15 @@ class ImageFolderCrops(Dataset):
         raise RuntimeError(f"none of the {n} images under {self.root} could be read")
 
     def random_crop(self, arr: np.ndarray) -> torch.Tensor:
+        """A random crop (and flip) of an H×W×3 uint8 array, as a 3×crop×crop float tensor."""
         c = self.crop
         h, w = arr.shape[:2]
         if h < c or w < c:
-            # numpy's reflect mode repeats the reflection when the pad exceeds the image side.
+            # Not RandomCrop(pad_if_needed=True): it pads both sides, and torch's reflect padding
+            # cannot exceed the image side. numpy's reflect mode repeats the reflection then.
             arr = np.pad(arr, ((0, max(c - h, 0)), (0, max(c - w, 0)), (0, 0)), mode="reflect")
-            h, w = arr.shape[:2]
-        top = int(torch.randint(0, h - c + 1, ()))
-        left = int(torch.randint(0, w - c + 1, ()))
-        patch = arr[top : top + c, left : left + c]
-        if self.hflip and bool(torch.rand(()) < 0.5):
-            patch = patch[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
+        patch = self._augment(torch.from_numpy(arr).permute(2, 0, 1))
+        return patch.float().div_(255.0).contiguous()
 
 
 class ResumableDistributedSampler(DistributedSampler):

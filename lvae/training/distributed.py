@@ -7,9 +7,10 @@ which alone writes files and logs, is global rank 0.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -71,11 +72,12 @@ class DistContext:
             try:
                 result = fn()
             except Exception as exc:  # whatever it is, the other ranks must hear of it
-                error = str(exc) if isinstance(exc, (ValueError, OSError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
+                expected = isinstance(exc, (ValueError, OSError, RuntimeError))
+                error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
         error = self.broadcast_object(error)
         if error is not None:
             raise TrainingError(error if self.is_primary else f"rank 0 failed: {error}")
-        return self.broadcast_object(result)
+        return cast(T, self.broadcast_object(result))  # fn returned on rank 0: result is set
 
 
 def under_torchrun() -> bool:

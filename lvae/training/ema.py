@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn as nn
 
 __all__ = ["ModelEma"]
 
+M = TypeVar("M", bound=nn.Module)
 
-class ModelEma:
+
+# Not timm's ModelEmaV3 (its warm-up is 1 − (1 + t/γ)^−p, not ours) nor torch's AveragedModel (no warm-up).
+class ModelEma(Generic[M]):
     """An eval-mode copy of a model whose weights follow ``ema ← d·ema + (1 − d)·weights``.
 
     ``d = decay · (1 − exp(−step / warmup))``: early on the average follows the model closely,
@@ -18,12 +22,12 @@ class ModelEma:
     Buffers (QARV's are entropy-coder constants) are copied, not averaged.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: float = 10000.0):
+    def __init__(self, model: M, decay: float = 0.9999, warmup: float = 10000.0):
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.warmup = warmup
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.module: M = copy.deepcopy(model).eval().requires_grad_(False)
 
     def decay_at(self, step: int) -> float:
         if self.warmup <= 0:
@@ -34,7 +38,7 @@ class ModelEma:
     def update(self, model: nn.Module, step: int) -> None:
         """Fold ``model``'s current weights in, after optimizer step number ``step`` (1-based)."""
         weight = 1.0 - self.decay_at(step)
-        ema_params = list(self.module.parameters())
+        ema_params: list[torch.Tensor] = list(self.module.parameters())
         params = [p.detach() for p in model.parameters()]
         if len(ema_params) != len(params):
             raise ValueError("the EMA and the model have different parameter lists")

@@ -8,6 +8,8 @@ from collections import deque
 __all__ = ["lr_factor", "SpikeGuard"]
 
 
+# Not a timm/torch scheduler: none holds the lr for half the run before the cosine (const-0.5-cos),
+# and a pure function of the step resumes exactly with no scheduler state in last.pt.
 def lr_factor(schedule: str, step: int, total: int, lrf_min: float = 0.01, warmup: int = 0) -> float:
     """The multiplier of the base lr for optimizer step ``step`` (0-based) of ``total``.
 

@@ -14,9 +14,11 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -26,8 +28,8 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import LvaeError
+from ..models.registry import load_model
 from ..models.weights import load_checkpoint_state_dict, load_state_dict_strict
-from ..models.registry import get_model
 from .checkpoint import (
     BEST,
     LAST,
@@ -47,7 +49,10 @@ from .schedule import SpikeGuard, lr_factor
 from .tracking import RunLog, init_wandb, require_wandb
 from .validation import anchor_curve, bd_rate_vs_anchor, evaluate, load_validation_images, validation_lambdas
 
-__all__ = ["Trainer", "build_model", "param_groups", "cuda_training_flags", "main"]
+if TYPE_CHECKING:
+    from ..models.qarv import QARV
+
+__all__ = ["Trainer", "param_groups", "cuda_training_flags", "training_loss", "main"]
 
 SPIKE_FACTOR = 10.0  # a grad norm above 10× the running median is a spike ...
 SPIKE_WINDOW = 100  # ... of the last 100 norms
@@ -55,18 +60,11 @@ SPIKE_LR_CUT = 0.1  # a spike step runs at a tenth of the lr
 MAX_SKIPPED_IN_A_ROW = 100  # non-finite gradients this many steps in a row: the run has diverged
 
 
-def build_model(name: str, model_args: dict[str, Any]) -> nn.Module:
-    """``lvae.get_model(name, **model_args)`` with argument errors turned into one-line ValueErrors."""
-    try:
-        return get_model(name, **model_args)
-    except TypeError as exc:
-        raise ValueError(f"bad --model_args for {name!r}: {exc}") from None
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two Adam groups: weight decay on weight matrices and kernels only, never on biases,
     per-channel gains (``gamma``), norms or the decoder's learned input ``bias``."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -77,11 +75,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _grad_scaler(device_type: str, enabled: bool):
+def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
     if hasattr(torch.amp, "GradScaler"):  # torch ≥ 2.3
         return torch.amp.GradScaler(device_type, enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)
-
 
 
 @contextmanager
@@ -115,20 +112,20 @@ def cuda_training_flags(device: torch.device) -> Iterator[None]:
             torch.set_float32_matmul_precision(saved[3])
 
 
-def training_loss(out: dict, im: torch.Tensor, loss_norm: str, lmb_mid: float) -> torch.Tensor:
-    """The loss to minimise: the model's ``mean(R + λ·D)``, or with ``loss_norm='lmb'`` each image's
-    ``R + λ·D`` weighted by ``lmb_mid / λ``.
+def training_loss(out: dict[str, torch.Tensor], im: torch.Tensor, loss_norm: str, lmb_mid: float) -> torch.Tensor:
+    """The loss to minimise: the model's ``loss`` (``mean(R + λ·D)``), or with ``loss_norm='lmb'``
+    each image's ``R + λ·D`` (the model's ``rd``) weighted by ``lmb_mid / λ``.
+
+    The model alone computes R + λ·D (:meth:`lvae.models.QARV.forward`); ``im``, the batch, is
+    not needed for that and is kept for callers.
 
     NOTE: the weighting leaves each image's optimum unchanged, but without it the images with a
     large λ dominate the gradient, and a short run learns a rate that hardly depends on λ.
     """
     if loss_norm == "none":
         return out["loss"]
-    h, w = im.shape[2:]
-    rate = out["kl"].sum(dim=1) / (3 * h * w)
-    distortion = (out["x_hat"] - (im - 0.5) * 2).pow(2).flatten(1).mean(dim=1)
-    lmb = out["lmb"]
-    return ((rate + lmb * distortion) * (lmb_mid / lmb)).mean()
+    return (out["rd"] * (lmb_mid / out["lmb"])).mean()
+
 
 class Trainer:
     """Builds the model, data, optimizer and run folder from a config, then trains (:meth:`run`)."""
@@ -136,27 +133,48 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, explicit: set[str] | None = None):
         self._t0 = time.monotonic()  # --max_minutes counts from here
         self.ctx = ctx
-        ckpt = None
-        resume_path = self.resume_path = None
+        self.resume_path: Path | None = None
+        ckpt: dict[str, Any] | None = None
         if cfg.resume:
-            resume_path = self.resume_path = find_resume_checkpoint(cfg.resume, cfg.runs_dir)
-            ckpt = load_training_checkpoint(resume_path)
-            cfg = merge_for_resume(ckpt["config"], cfg, explicit or set())
-            if ckpt["model_name"] != cfg.model or ckpt["model_args"] != cfg.model_args:
-                raise ConfigError(f"{resume_path} was written for another model than its config names")
+            cfg, ckpt = self._read_resume_checkpoint(cfg, explicit or set())
         self.cfg = cfg
-        device = ctx.device
-        if cfg.amp and device.type != "cuda":
+        if cfg.amp and ctx.device.type != "cuda":
             raise ConfigError("--amp needs a CUDA device")
+        self._setup_model_and_optimizer(load_weights=ckpt is None)  # a resumed run's weights come from last.pt
+        self._setup_data()
+        self._setup_validation()
+        self._setup_resume_state(ckpt)
+        self.ddp = self._wrap_distributed()
+        self._setup_run_folder()
+        self._signal: int | None = None
+        self._signals_seen = 0
+        self._skipped_in_a_row = 0
+        self._lr = cfg.lr
+        self._reset_window()
 
+    # -- set-up steps (in the order __init__ runs them) ----------------------------------------
+    def _read_resume_checkpoint(self, cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
+        """Find and read ``last.pt`` (sets :attr:`resume_path`); return the merged config and the checkpoint."""
+        resume_path = self.resume_path = find_resume_checkpoint(cast(str, cfg.resume), cfg.runs_dir)
+        ckpt = load_training_checkpoint(resume_path)
+        cfg = merge_for_resume(ckpt["config"], cfg, explicit)
+        if ckpt["model_name"] != cfg.model or ckpt["model_args"] != cfg.model_args:
+            raise ConfigError(f"{resume_path} was written for another model than its config names")
+        return cfg, ckpt
+
+    def _setup_model_and_optimizer(self, load_weights: bool) -> None:
+        """The model (``--weights`` loaded if ``load_weights``), Adam, the gradient scaler, the EMA
+        and the spike guard; the step counters at zero."""
+        cfg = self.cfg
         # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, cfg.model_args)
-        if cfg.weights and ckpt is None:  # a resumed run takes its weights from last.pt
+        model = load_model(cfg.model, "random", model_args=cfg.model_args, device=self.ctx.device, coding=False)
+        self.model = cast("QARV", model)
+        if cfg.weights and load_weights:
             load_state_dict_strict(self.model, load_checkpoint_state_dict(cfg.weights), source=cfg.weights)
-        self.model.to(device).train()
+        self.model.train()
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg.wdecay), lr=cfg.lr)
-        self.scaler = _grad_scaler(device.type, cfg.amp)
+        self.scaler = _grad_scaler(self.ctx.device.type, cfg.amp)
         self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None
         self.guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WINDOW)
         self.iteration = 0
@@ -164,8 +182,13 @@ class Trainer:
         self.batch_in_epoch = 0
         self.wandb_id: str | None = None
 
-        # Data: each rank its shard; the loader's own generator keeps the global RNG stream
-        # independent of when epochs start (so a resumed run draws the same numbers).
+    def _setup_data(self) -> None:
+        """The training crops, this rank's sampler and the loader.
+
+        The loader has its own generator, so the global RNG stream does not depend on when epochs
+        start (a resumed run draws the same numbers).
+        """
+        cfg, ctx = self.cfg, self.ctx
         self.dataset = ImageFolderCrops(cfg.trainset, cfg.crop, cfg.hflip)
         per_rank = math.ceil(len(self.dataset) / ctx.world_size)
         if per_rank < cfg.batch_size:
@@ -180,13 +203,16 @@ class Trainer:
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
+            pin_memory=ctx.device.type == "cuda",
             drop_last=True,
             persistent_workers=cfg.workers > 0,
             worker_init_fn=worker_init,
             generator=self.loader_generator,
         )
 
+    def _setup_validation(self) -> None:
+        """The validation images, λ values and anchor curve, and the best metric so far (none)."""
+        cfg = self.cfg
         self.validating = cfg.valset.lower() != "none"
         self.val_images = load_validation_images(cfg.valset) if self.validating else []
         self.val_lmbs = validation_lambdas(self.model.lmb_range, cfg.val_steps)
@@ -194,32 +220,33 @@ class Trainer:
         self.anchor = anchor_curve(cfg.valset) if self.validating else None
         self.best: dict[str, Any] = {"metric": self._best_metric_name(), "value": None, "iteration": None}
 
+    def _setup_resume_state(self, ckpt: dict[str, Any] | None) -> None:
+        """Restore the saved state of a resumed run (:meth:`_load_state`), or seed this rank's
+        random streams for a new one."""
         if ckpt is not None:
             self._load_state(ckpt)
         else:
-            torch.manual_seed(cfg.seed + ctx.rank)  # each rank its own λ draws and crops
-            random.seed(cfg.seed + ctx.rank)
+            torch.manual_seed(self.cfg.seed + self.ctx.rank)  # each rank its own λ draws and crops
+            random.seed(self.cfg.seed + self.ctx.rank)
 
-        self.ddp: nn.Module = self.model
-        if ctx.distributed:
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+    def _wrap_distributed(self) -> nn.Module:
+        """The module a training step calls: the model, in DistributedDataParallel under torchrun."""
+        device = self.ctx.device
+        if not self.ctx.distributed:
+            return self.model
+        return DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def _setup_run_folder(self) -> None:
+        """Rank 0 prepares the run folder (:meth:`_prepare_run`) and logs the start; every rank learns its path."""
         self.log: RunLog | None = None
-        self.run_dir = Path(ctx.run_on_primary(self._prepare_run))
+        self.run_dir = Path(self.ctx.run_on_primary(self._prepare_run))
         self.cfg.name = self.run_dir.name
-        if self.log is not None:
-            if resume_path is not None:
-                self.log.write("resume", self.iteration, checkpoint=str(resume_path), world_size=ctx.world_size)
-            else:
-                self.log.write("start", 0, world_size=ctx.world_size, device=str(device))
-
-        self._signal: int | None = None
-        self._signals_seen = 0
-        self._skipped_in_a_row = 0
-        self._lr = cfg.lr
-        self._reset_window()
+        if self.log is None:
+            return
+        if self.resume_path is not None:
+            self.log.write("resume", self.iteration, checkpoint=str(self.resume_path), world_size=self.ctx.world_size)
+        else:
+            self.log.write("start", 0, world_size=self.ctx.world_size, device=str(self.ctx.device))
 
     # -- set-up helpers ----------------------------------------------------------------------
     def _best_metric_name(self) -> str:
@@ -256,7 +283,9 @@ class Trainer:
             name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = Path(cfg.runs_dir) / name
             if run_dir.exists():
-                raise ValueError(f"run folder {run_dir} exists: continue it with --resume {name}, or pick another --name")
+                raise ValueError(
+                    f"run folder {run_dir} exists: continue it with --resume {name}, or pick another --name"
+                )
             run_dir.mkdir(parents=True)
         cfg.name = run_dir.name
         (run_dir / "config.json").write_text(json.dumps(self._resolved_config(), indent=2) + "\n")
@@ -336,7 +365,8 @@ class Trainer:
             im = next(batches).to(ctx.device, non_blocking=True)
             last_micro = k == accum - 1
             # Gradients are all-reduced only on the last micro-batch of the step.
-            sync = self.ddp.no_sync() if (ctx.distributed and not last_micro) else nullcontext()
+            ddp = self.ddp if isinstance(self.ddp, DistributedDataParallel) else None
+            sync = ddp.no_sync() if (ddp is not None and not last_micro) else nullcontext()
             with sync:
                 with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=cfg.amp):
                     out = self.ddp(im)  # λ drawn per image
@@ -462,12 +492,12 @@ class Trainer:
             atomic_save({"model": self.ema.state_dict()}, self.run_dir / LAST_EMA)
         identical = len(set(checksums)) == 1
         if self.log is not None:
-                self.log.write("checkpoint", self.iteration, checksums=checksums, identical=identical)
+            self.log.write("checkpoint", self.iteration, checksums=checksums, identical=identical)
         if not identical:
             warnings.warn(f"model weights differ between ranks at iteration {self.iteration}: {checksums}",
                           RuntimeWarning, stacklevel=2)
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Save at the next step boundary; a third signal (the first may arrive twice, from the
         # terminal and from torchrun) stops at once without saving.
         self._signals_seen += 1
