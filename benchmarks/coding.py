@@ -37,8 +37,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ def machine_description() -> str:
     except OSError:
         pass
     try:
-        load = " load average %.1f %.1f %.1f," % os.getloadavg()
+        load = " load average {:.1f} {:.1f} {:.1f},".format(*os.getloadavg())
     except OSError:
         load = ""
     from lvae.models import qarv
@@ -311,7 +311,7 @@ def compare(rev: str, image: str | None, lmb: float | None, repeats: int) -> int
                 for wk in order:
                     times[wk.label, op].append(wk.time(op))
         try:
-            load = "%.1f %.1f %.1f" % os.getloadavg()
+            load = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
         except OSError:
             load = "?"
         print(f"load average after: {load}")
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lmb", type=float, default=None, help="λ of the timed runs (default: the model's)")
     parser.add_argument("--ratio-lmbs", default="16,default,2048", help="λ values of the file/estimate table")
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="time this device only (default: CPU, and CUDA if present)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="time this device only (default: CPU, and CUDA if present)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     parser.add_argument("--compare", metavar="REV", help="time encode/decode against git revision REV's lvae (CPU)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -68,7 +68,8 @@ def step_env(s: Settings) -> dict[str, str]:
     return env
 
 
-def run_process(cmd: list[str], timeout: float, log_path: Path, env: dict[str, str], grace: float = 20.0) -> dict[str, Any]:
+def run_process(cmd: list[str], timeout: float, log_path: Path, env: dict[str, str],
+                grace: float = 20.0) -> dict[str, Any]:
     """Run ``cmd`` in its own process group, its output appended to ``log_path`` as it comes (so
     a run cut short keeps it); past ``timeout`` send SIGTERM (training saves and stops), then
     SIGKILL after ``grace`` seconds. Returns the exit status, whether it timed out, the seconds
@@ -265,7 +266,8 @@ class Check:
             self.record("setup", status="skipped", reason=reason, duration_s=seconds)
             return
         entry = {"status": "ok" if state == "ok" else "failed", "duration_s": seconds,
-                 "site": os.environ.get("GPU_CHECK_SITE"), "wheels": sorted(p.name for p in (REPO / ".whl").glob("*.whl"))}
+                 "site": os.environ.get("GPU_CHECK_SITE"),
+                 "wheels": sorted(p.name for p in (REPO / ".whl").glob("*.whl"))}
         log_path = os.environ.get("GPU_CHECK_WHEELS_LOG")
         pip_output = Path(log_path).read_text(errors="replace") if log_path and Path(log_path).is_file() else ""
         with open(self.log_path, "a", encoding="utf-8") as log:
@@ -370,7 +372,8 @@ print("GPU_CHECK_INFO " + json.dumps(out))
         if self.no_cuda("coding"):
             return
         report = self.work / "coding.json"
-        cmd = [self.python, "benchmarks/coding.py", *self.s.coding_args, "--device", self.s.device, "--json", str(report)]
+        cmd = [self.python, "benchmarks/coding.py", *self.s.coding_args,
+               "--device", self.s.device, "--json", str(report)]
         res = self.run_step("coding", cmd)
         if res is None:
             return
@@ -404,7 +407,8 @@ print("GPU_CHECK_INFO " + json.dumps(out))
         if report.is_file():
             data = json.loads(report.read_text())
             entry.update(images=[p.name for p in self.s.eval_images], device=data.get("device"),
-                         lambdas=data.get("lambdas"), results={k: data["results"].get(k) for k in ("bpp", "psnr", "ms-ssim")},
+                         lambdas=data.get("lambdas"),
+                         results={k: data["results"].get(k) for k in ("bpp", "psnr", "ms-ssim")},
                          timings=data.get("timings"), weights=data.get("weights"))
         elif entry["status"] == "ok":
             entry.update(status="failed", reason="eval-var-rate.py wrote no JSON")
@@ -469,7 +473,8 @@ print("GPU_CHECK_INFO " + json.dumps(out))
             return False, fp32, f"autocast was not 15 % faster ({amp['it_per_s']:.2f} vs {fp32['it_per_s']:.2f} it/s)"
         if l32 is not None and l16 > 1.02 * l32:
             return False, fp32, f"autocast's final loss {l16:.4g} > 1.02 × float32's {l32:.4g}"
-        return True, amp, f"autocast {amp['it_per_s'] / fp32['it_per_s']:.2f}× faster with a final loss of {l16:.4g} vs {l32:.4g}"
+        return True, amp, (f"autocast {amp['it_per_s'] / fp32['it_per_s']:.2f}× faster "
+                           f"with a final loss of {l16:.4g} vs {l32:.4g}")
 
     def finetune(self) -> None:
         name = "finetune"
@@ -502,7 +507,7 @@ print("GPU_CHECK_INFO " + json.dumps(out))
         run = self.work / "runs" / name
         entry.update(amp=amp, amp_choice=why, planned_iterations=iterations, planned_from_it_per_s=round(it_s, 3),
                      max_minutes=round(max_minutes, 3), batch=self.s.batch, crop=self.s.crop,
-                     lr="1e-4, constant for half the run then cosine to 1e-6, warm-up %d" % warmup,
+                     lr=f"1e-4, constant for half the run then cosine to 1e-6, warm-up {warmup:d}",
                      trainset=str(self.s.trainset))
         log = read_jsonl(run / "log.jsonl")
         entry.update(training_numbers(log, res["seconds"]))
@@ -561,11 +566,14 @@ print("GPU_CHECK_INFO " + json.dumps(out))
 
         notes = {
             "setup": lambda e: e.get("reason") or ", ".join(e.get("wheels", [])),
-            "info": lambda e: e.get("reason") or f"{self.summary.get('device')}, torch {e.get('versions', {}).get('torch')}",
-            "cuda_tests": lambda e: e.get("reason") or ", ".join(f"{v} {k}" for k, v in (e.get("counts") or {}).items()),
+            "info": lambda e: e.get("reason") or (f"{self.summary.get('device')}, "
+                                                  f"torch {e.get('versions', {}).get('torch')}"),
+            "cuda_tests": lambda e: e.get("reason") or ", ".join(
+                f"{v} {k}" for k, v in (e.get("counts") or {}).items()),
             "coding": lambda e: e.get("reason") or "qarv_base {size} {device}: encode {enc} s, decode {dec} s".format(
                 size=e.get("qarv_base", {}).get("size"), device=e.get("qarv_base", {}).get("device"),
-                enc=fmt(e.get("qarv_base", {}).get("encode_s"), ".3f"), dec=fmt(e.get("qarv_base", {}).get("decode_s"), ".3f")),
+                enc=fmt(e.get("qarv_base", {}).get("encode_s"), ".3f"),
+                dec=fmt(e.get("qarv_base", {}).get("decode_s"), ".3f")),
             "eval": lambda e: e.get("reason") or "bpp {} / PSNR {}".format(
                 "/".join(fmt(v, ".3f") for v in (e.get("results") or {}).get("bpp") or []),
                 "/".join(fmt(v, ".2f") for v in (e.get("results") or {}).get("psnr") or [])),

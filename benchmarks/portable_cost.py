@@ -74,8 +74,8 @@ def main() -> int:
         dec = {n: [] for n in (1, all_threads)}
         for _ in range(args.repeats):  # alternate, so that machine noise hits both alike
             for n in (1, all_threads):
-                enc[n].append(median_time(with_threads(n, lambda: model.compress(im, lmb=args.lmb)), 1))
-                dec[n].append(median_time(with_threads(n, lambda: model.decompress(data)), 1))
+                enc[n].append(median_time(with_threads(n, lambda model=model: model.compress(im, lmb=args.lmb)), 1))
+                dec[n].append(median_time(with_threads(n, lambda model=model, data=data: model.decompress(data)), 1))
         e1, en = statistics.median(enc[1]), statistics.median(enc[all_threads])
         d1, dn = statistics.median(dec[1]), statistics.median(dec[all_threads])
         print(f"\n{name}: encode {e1:.3f} s on 1 thread, {en:.3f} s on {all_threads} ({e1 / en:.2f}x); "
@@ -92,9 +92,10 @@ def main() -> int:
         h, strings = bitstream.unpack(data)
         v1 = bitstream.pack(h.model_name, h.lmb, h.height, h.width, strings, version=1)
         print(f"  checks: {1000 * c:.1f} ms of a {d:.3f} s decode ({100 * c / d:.2f} %); "
-              f"file {len(data)} bytes, {len(data) - len(v1):+d} vs version 1 ({100 * (len(data) - len(v1)) / len(v1):+.3f} %)")
+              f"file {len(data)} bytes, {len(data) - len(v1):+d} vs version 1 "
+              f"({100 * (len(data) - len(v1)) / len(v1):+.3f} %)")
         if legacy is not None:
-            tl = median_time(lambda: model.decompress(legacy), args.repeats)
+            tl = median_time(lambda model=model, legacy=legacy: model.decompress(legacy), args.repeats)
             print(f"  the same strings in the authors' layout (verified by re-encoding): decode {tl:.3f} s "
                   f"({100 * (tl / d - 1):+.1f} % vs version 2)")
     return 0

@@ -17,8 +17,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lvae  # noqa: E402
 from coding import smooth_image  # noqa: E402
+
+import lvae  # noqa: E402
 from lvae.models.fixed_weights import load_fixed_reference_weights  # noqa: E402
 
 

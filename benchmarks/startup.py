@@ -96,7 +96,8 @@ class Tree:
         _, proc = self.run(["-c", "import lvae; print(lvae.__file__)"])
         where = proc.stdout.strip()
         if proc.returncode != 0 or not Path(where).resolve().is_relative_to(self.root.resolve()):
-            raise SystemExit(f"startup.py: {self.label}: lvae is not imported from {self.root} ({where or proc.stderr})")
+            raise SystemExit(f"startup.py: {self.label}: lvae is not imported from {self.root} "
+                             f"({where or proc.stderr})")
 
 
 def _fail(tree: Tree, what: str, proc: subprocess.CompletedProcess) -> str:
@@ -108,7 +109,8 @@ def measure(trees: list[Tree], image: Path, model: str, repeats: int, skip_compr
     """{tree label: {command: [seconds...]}} and the failures seen."""
     commands: dict[str, object] = {}
     if not skip_compress:
-        commands["lvae compress"] = lambda t: t.lvae("compress", str(image), "--model", model, "-o", str(t.work / "k.lvae"), "-f")
+        commands["lvae compress"] = lambda t: t.lvae("compress", str(image), "--model", model,
+                                                     "-o", str(t.work / "k.lvae"), "-f")
     commands.update({
         "lvae --help": lambda t: t.lvae("--help"),
         "lvae info": lambda t: t.lvae("info", str(t.info_file)),
@@ -149,7 +151,10 @@ def heavy_modules(tree: Tree) -> dict[str, dict]:
     found = {}
     for name, argv in (("--help", ["--help"]), ("info", ["info", str(tree.info_file)]), ("models", ["models"])):
         _, proc = tree.run(["-c", MODULES_CHILD, json.dumps(argv), json.dumps(HEAVY)])
-        found[name] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr.strip()[-200:]}
+        if proc.returncode == 0:
+            found[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        else:
+            found[name] = {"error": proc.stderr.strip()[-200:]}
     return found
 
 
@@ -219,7 +224,8 @@ def report(trees: list[Tree], times: dict, refs: dict, heavy: dict, repeats: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per command (default 5)")
     p.add_argument("--compare", metavar="REV", help="also measure git revision REV (temporary worktree)")
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image for lvae compress (default kodim20)")
@@ -236,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.compare:
                 worktree = tmp / "rev"
-                proc = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.compare],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.compare],
+                    capture_output=True, text=True)
                 if proc.returncode != 0:
                     p.exit(1, f"startup.py: cannot check out {args.compare}: {proc.stderr.strip()}\n")
                 trees.insert(0, Tree(args.compare, worktree, tmp / "rev-work"))
@@ -247,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; trees: "
                   + ", ".join(f"{t.label} = {t.root}" for t in trees), flush=True)
             times, failures = measure(trees, image, args.model, args.repeats, args.skip_compress)
-            refs = {t.label: ("" if args.skip_compress else in_process(t, image, args.model, args.repeats)) for t in trees}
+            refs = {t.label: ("" if args.skip_compress else in_process(t, image, args.model, args.repeats))
+                    for t in trees}
             heavy = {t.label: heavy_modules(t) for t in trees}
         finally:
             if worktree is not None:

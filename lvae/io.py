@@ -28,9 +28,10 @@ import dataclasses
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -66,7 +67,7 @@ def _alpha_dropped(img: Image.Image) -> bool:
         alpha = img.convert("RGBA").getchannel("A")
     else:
         return False
-    lo, _ = alpha.getextrema()
+    lo, _ = cast("tuple[int, int]", alpha.getextrema())  # one band: (min, max)
     return lo < 255
 
 
@@ -199,7 +200,9 @@ def remove_partial_outputs() -> None:
 def _cannot_write(path: Path, exc: OSError) -> OSError:
     folder = path.parent if str(path.parent) else Path(".")
     reason = exc.strerror or type(exc).__name__
-    return PermissionError(exc.errno or errno.EACCES, f"cannot write {path}: the folder {folder} is not writable ({reason})")
+    return PermissionError(
+        exc.errno or errno.EACCES, f"cannot write {path}: the folder {folder} is not writable ({reason})"
+    )
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ def load_image_tensor(path) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def reference():
-    """The authors' outputs on the fixed weights (copied from shared/reference)."""
+    """The authors' outputs on the fixed weights (tests/data/conformance.npz and friends)."""
     return {
         "npz": np.load(DATA / "conformance.npz"),
         "json": json.loads((DATA / "conformance.json").read_text()),

@@ -14,6 +14,7 @@ import torch
 import lvae
 from lvae import bitstream
 from lvae.errors import BitstreamError
+
 from conftest import DATA
 
 CASES = int(os.environ.get("LVAE_FUZZ_CASES", "3000"))

@@ -170,7 +170,8 @@ def test_lossy_output_formats_need_an_explicit_quality(work, tmp_path):
     jpg, png, gif = tmp_path / "out.jpg", tmp_path / "out.png", tmp_path / "out.gif"
     cases = [
         (["x.lvae", "-o", jpg], f"lvae: error: {jpg}: JPEG is lossy and would degrade the decoded image a second "
-                                "time: choose its quality with --quality Q (1-100), or write a lossless format such as .png"),
+                                "time: choose its quality with --quality Q (1-100), "
+                                "or write a lossless format such as .png"),
         (["x.lvae", "y.lvae", "--out-dir", tmp_path, "--format", "avif"], "lvae: error: --format avif: AVIF is lossy"),
         (["x.lvae", "-o", png, "--quality", 80], f"lvae: error: {png}: PNG is lossless and written as decoded: "
                                                  "--quality Q applies only to the lossy formats"),
@@ -234,7 +235,8 @@ def test_unwritable_output_folder_is_reported_first_naming_the_output(work, targ
     proc = run(work, "compress", work / "rgb.png", "-o", ro / "x.lvae", "--model", "qarv_base", prefix=prefix)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        f"lvae: error: {work / 'rgb.png'}: cannot write {ro / 'x.lvae'}: the folder {ro} is not writable (Permission denied)"
+        f"lvae: error: {work / 'rgb.png'}: cannot write {ro / 'x.lvae'}: "
+        f"the folder {ro} is not writable (Permission denied)"
     ]
     # A batch goes on past the failed item.
     proc = run(work, "compress", ro / "photo.png", rw / "photo.png", prefix=prefix)
@@ -246,7 +248,8 @@ def test_unwritable_output_folder_is_reported_first_naming_the_output(work, targ
     proc = run(work, "decompress", targeted["rgb"][2], targeted["gray"][2], "--out-dir", ro, prefix=prefix)
     assert proc.returncode == 1 and proc.stdout == ""
     assert [e.split(": ", 3)[3] for e in proc.stderr.splitlines()] == [
-        f"cannot write {ro / (s + '.lvae.png')}: the folder {ro} is not writable (Permission denied)" for s in ("rgb", "gray")
+        f"cannot write {ro / (s + '.lvae.png')}: the folder {ro} is not writable (Permission denied)"
+        for s in ("rgb", "gray")
     ]
     assert sorted(p.name for p in ro.iterdir()) == ["photo.png"]  # nothing written, no temporary left
     assert sorted(p.name for p in rw.iterdir()) == ["photo.lvae", "photo.png"]
@@ -295,7 +298,8 @@ class Child:
 # done), in the middle of torch's import, then 0.3, 1 and 3 s after the start (parsing, imports,
 # the model, coding). (Before lvae.cli begins to load, Python's own start-up and the import of the
 # lvae package are not covered: see docs/cli.md.)
-MOMENTS = [("lvae.cli loading", r"\|\s+(argparse|lvae\.bitstream)$"), ("torch importing", r"\|\s+torch\.\w"), 0.3, 1.0, 3.0]
+MOMENTS = [("lvae.cli loading", r"\|\s+(argparse|lvae\.bitstream)$"), ("torch importing", r"\|\s+torch\.\w"),
+           0.3, 1.0, 3.0]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")

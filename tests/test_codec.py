@@ -11,6 +11,7 @@ import lvae
 from lvae import bitstream
 from lvae.errors import BitstreamError, ImageReadError
 from lvae.io import load_image, save_image
+
 from conftest import DATA, LAMBDAS
 
 
@@ -116,7 +117,7 @@ def test_default_lambda_is_mid_range(trained_tiny):
 
 def test_rate_grows_with_lambda(trained_tiny):
     im = load_image(DATA / "kodak3" / "kodim01.png")
-    sizes = [len(trained_tiny.compress(im, lmb=l)) for l in (16, 128, 2048)]
+    sizes = [len(trained_tiny.compress(im, lmb=lmb)) for lmb in (16, 128, 2048)]
     assert sizes[0] < sizes[1] < sizes[2]
 
 

@@ -166,7 +166,8 @@ def test_version_1_refuses_what_it_cannot_record():
 
 
 V2 = v2_by_hand(checks=[11, 22, 33, 44], fp=FP)
-V2_HEADER_END = 8 + 9 + 8 + 4 + 1 + 2 + 2 + 5  # name, fingerprint, λ, H, W (two bytes), counts, lengths (130: two bytes)
+# name, fingerprint, λ, H, W (two bytes), counts, lengths (130: two bytes)
+V2_HEADER_END = 8 + 9 + 8 + 4 + 1 + 2 + 2 + 5
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -253,7 +254,8 @@ def test_varints_must_be_short_and_shortest(raw, words):
     assert [container._varint(v) for v in (0, 127, 128, 300)] == [b"\x00", b"\x7f", b"\x80\x01", b"\xac\x02"]
 
 
-@pytest.mark.parametrize("name, words", [(b"\xff", "not ASCII"), (b"a\nb", "invalid model name"), (b"\x00", "invalid model name")])
+@pytest.mark.parametrize("name, words", [(b"\xff", "not ASCII"), (b"a\nb", "invalid model name"),
+                                         (b"\x00", "invalid model name")])
 def test_model_name_must_be_printable_ascii(name, words):
     data = bytearray(v2_by_hand(name=b"abc", strings=[b"q"]))
     data[8:11] = name.ljust(3, b"a")
@@ -339,7 +341,8 @@ def test_legacy_padded_size_must_match_the_image_size(hp, wp):
     (legacy_by_hand(lmb=0.0), "^invalid λ 0.0 in the header$"),
     (legacy_by_hand(lmb=-math.inf), "^invalid λ -inf in the header$"),
     (legacy_by_hand()[:15 + 4 * 3], "^truncated list of string lengths$"),
-    (legacy_by_hand()[:-1], "^string lengths add up to 134 bytes but the file holds 133 \\(truncated or not a QARV file\\)$"),
+    (legacy_by_hand()[:-1],
+     "^string lengths add up to 134 bytes but the file holds 133 \\(truncated or not a QARV file\\)$"),
     (legacy_by_hand() + b"\x00", "add up to 134 bytes but the file holds 135"),
     (legacy_by_hand()[:14], "^file too short \\(14 bytes\\)$"),
 ])

@@ -9,13 +9,19 @@ import torch
 
 from lvae.coding import gaussian
 from lvae.coding.gaussian import (
-    LIKELIHOOD_BOUND, SCALE_MIN, DiscreteGaussian, gaussian_tables, qarv_scale_table, scale_thresholds,
+    LIKELIHOOD_BOUND,
+    SCALE_MIN,
+    DiscreteGaussian,
+    gaussian_tables,
+    qarv_scale_table,
+    scale_thresholds,
 )
 
 
 def test_scale_table_is_the_float64_log_spacing():
     table = qarv_scale_table()
-    assert len(table) == 64 and table[0] == pytest.approx(0.11, rel=1e-15) and table[-1] == pytest.approx(20.0, rel=1e-15)
+    assert len(table) == 64
+    assert table[0] == pytest.approx(0.11, rel=1e-15) and table[-1] == pytest.approx(20.0, rel=1e-15)
     expected = np.exp(np.linspace(math.log(0.11), math.log(20.0), 64))
     np.testing.assert_allclose(table, expected, rtol=1e-15)
     assert torch.equal(scale_thresholds(), torch.tensor(table, dtype=torch.float32))

@@ -10,7 +10,15 @@ import torch
 
 from lvae.coding import latent, portable
 from lvae.coding.gaussian import DiscreteGaussian, qarv_scale_table
-from lvae.coding.latent import MAX_CHECKED_TRIALS, MAX_FLIPS, MAX_SYMBOL, CodedLatent, decode_latent, encode_latent, trace
+from lvae.coding.latent import (
+    MAX_CHECKED_TRIALS,
+    MAX_FLIPS,
+    MAX_SYMBOL,
+    CodedLatent,
+    decode_latent,
+    encode_latent,
+    trace,
+)
 from lvae.coding.portable import search_plan
 from lvae.errors import BitstreamError
 
@@ -178,7 +186,8 @@ def test_trace_records_reports_and_scales_only_when_asked():
     assert latent._trace is None
     with trace() as plain:
         encode_latent(z, means, scales)
-    assert [(r.op, r.symbols, r.checked, r.scales_sha256, r.scales) for r in plain] == [("encode", 120, True, "", None)] * 2
+    assert [(r.op, r.symbols, r.checked, r.scales_sha256, r.scales) for r in plain] == [
+        ("encode", 120, True, "", None)] * 2
     with trace(scales=True) as hashed_encode:
         encode_latent(z, means, scales)
     assert [r.scales_sha256 for r in hashed_encode] == [hashlib.sha256(scales[i].numpy().tobytes()).hexdigest()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lvae
+
 from conftest import LAMBDAS
 
 

@@ -12,10 +12,10 @@ import torch
 
 import lvae
 from lvae import bitstream
-from lvae.models.weights import resolve_weights
 from lvae.io import load_image
 from lvae.metrics import psnr
 from lvae.models.registry import model_weights
+from lvae.models.weights import resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"

@@ -13,6 +13,7 @@ import lvae
 from lvae.coding.latent import trace
 from lvae.io import load_image
 from lvae.models.fixed_weights import load_fixed_reference_weights
+
 from conftest import DATA, LAMBDAS
 
 pytestmark = [
@@ -90,4 +91,5 @@ def test_cuda_encoder_reproduces_authors_strings(reference):
     cpu = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
     for lmb in LAMBDAS:
         data = model.compress(reference["input"], lmb=lmb)
-        np.testing.assert_allclose(cpu.decompress(data).numpy(), model.decompress(data).cpu().numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(cpu.decompress(data).numpy(), model.decompress(data).cpu().numpy(),
+                                   rtol=0, atol=1e-4)

@@ -23,6 +23,7 @@ from lvae.coding.latent import MAX_CHECKED_TRIALS, trace
 from lvae.coding.portable import search_plan
 from lvae.errors import BitstreamError
 from lvae.models.fixed_weights import load_fixed_reference_weights
+
 from conftest import DATA, LAMBDAS
 
 WORKER = Path(__file__).parent / "tools" / "portable_worker.py"
@@ -64,7 +65,8 @@ def _report(key: str, value) -> None:
 def encoded(tmp_path_factory):
     """qarv_small on the 24 Kodak images × 5 λ, and qarv_base (fixed weights) on 3 images × 3 λ, at 2 threads."""
     folders = {}
-    for model, images, lmbs in (("qarv_small", KODAK, SMALL_LMBS), ("qarv_base", BASE_IMAGES, ",".join(map(str, LAMBDAS)))):
+    base_lmbs = ",".join(map(str, LAMBDAS))
+    for model, images, lmbs in (("qarv_small", KODAK, SMALL_LMBS), ("qarv_base", BASE_IMAGES, base_lmbs)):
         out = tmp_path_factory.mktemp(model)
         _worker("encode", "--model", model, "--out", out, "--lmbs", lmbs, "--threads", 2, *images)
         folders[model] = out
@@ -97,7 +99,8 @@ def test_checks_cost_few_bytes(encoded):
     at16 = [f for f in files if f["stem"].endswith("-16")]
     growth16 = sum(f["bytes"] - f["bytes_v1"] for f in at16) / sum(f["bytes_v1"] for f in at16)
     _report("qarv_small size cost", {"max_extra_bytes": max(extra), "min_extra_bytes": min(extra),
-                                     "growth_at_lmb16": growth16, "mean_bytes_at_lmb16": sum(f["bytes"] for f in at16) / 24})
+                                     "growth_at_lmb16": growth16,
+                                     "mean_bytes_at_lmb16": sum(f["bytes"] for f in at16) / 24})
     assert max(extra) <= 40
     assert growth16 <= 0.003
 

@@ -147,7 +147,8 @@ def test_cdf_tables_are_checked_and_converted_once():
     for args in (([[0, 65536]], [2], []), ([[0, 65536]], [], [0]), ([], [], []), ([[0, 65536], [0, 65536]], [2], [0])):
         with pytest.raises(ValueError, match="^cdfs, lengths and offsets must be non-empty and of the same length$"):
             rans.CdfTables(*args)
-    assert rans.encode([0, 1, -1], [0, 0, 0], t) != b"" and rans.decode(rans.encode([0, 1, -1], [0, 0, 0], t), [0, 0, 0], t)
+    encoded = rans.encode([0, 1, -1], [0, 0, 0], t)
+    assert encoded != b"" and rans.decode(encoded, [0, 0, 0], t)
 
 
 def test_the_extensions_load_without_the_compressai_package(monkeypatch):
@@ -172,7 +173,8 @@ def test_missing_compressai_is_a_clear_import_error(monkeypatch):
     monkeypatch.setattr(rans, "_loaded", {})
     monkeypatch.delitem(sys.modules, "compressai.ans", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    with pytest.raises(ImportError, match=r"^CompressAI is not installed; lvae needs its range coder \(pip install compressai\)$"):
+    with pytest.raises(ImportError,
+                       match=r"^CompressAI is not installed; lvae needs its range coder \(pip install compressai\)$"):
         rans._load()
 
 

@@ -24,6 +24,7 @@ from lvae.codec import SEARCH_STEPS, CompressionMixin
 from lvae.coding.latent import CodedLatent
 from lvae.io import load_image
 from lvae.metrics import psnr
+
 from conftest import DATA
 
 LO, HI = 16.0, 2048.0
@@ -116,8 +117,9 @@ def test_budget_that_fits_the_highest_rate_takes_it_in_two_encodes(fake):
 
 
 def test_budget_below_the_lowest_rate_is_impossible(fake):
-    with pytest.raises(ValueError, match=rf"impossible target: even the lowest rate \(λ=16\) needs {file_bytes(LO)} bytes, "
-                                         rf"over the target of {file_bytes(LO) - 1} bytes"):
+    with pytest.raises(ValueError,
+                       match=rf"impossible target: even the lowest rate \(λ=16\) needs {file_bytes(LO)} bytes, "
+                             rf"over the target of {file_bytes(LO) - 1} bytes"):
         fake.compress(IM, target_bytes=file_bytes(LO) - 1)
     assert fake.calls["encode"] == 1
     res = fake.compress_with_result(IM, target_bytes=file_bytes(LO), compute_psnr=False)[1]
@@ -181,7 +183,8 @@ def test_psnr_target_above_the_highest_quality_is_impossible(fake):
     ({"target_bytes": -5}, "target_bytes must be a positive integer"),
     ({"target_bytes": True}, "target_bytes must be a positive integer"),
     ({"target_psnr": math.inf}, "target_psnr must be a finite number"),
-    ({"lmb": 100.0, "target_psnr": 30.0}, "at most one of lmb, target_bpp, target_bytes, target_psnr \\(got lmb, target_psnr\\)"),
+    ({"lmb": 100.0, "target_psnr": 30.0},
+     "at most one of lmb, target_bpp, target_bytes, target_psnr \\(got lmb, target_psnr\\)"),
     ({"target_bpp": 1.0, "target_bytes": 9}, "\\(got target_bpp, target_bytes\\)"),
 ])
 def test_bad_targets_are_refused_before_encoding(fake, kwargs, words):
@@ -195,7 +198,8 @@ def test_searches_stop_once_the_bracket_is_narrow(target):
     """Over a narrow λ range the bisection stops when the ln-λ bracket is under 1e-3, before its
     12 steps: ln(110/100) = 0.095 takes 7 halvings."""
     lo, hi = 100.0, 110.0
-    fake = FakeCodec(lambda lmb: 250 + math.floor(100000 * math.log(lmb / lo)), lambda lmb: 40 - math.floor(300 * math.log(lmb / lo)),
+    fake = FakeCodec(lambda lmb: 250 + math.floor(100000 * math.log(lmb / lo)),
+                     lambda lmb: 40 - math.floor(300 * math.log(lmb / lo)),
                      lmb_range=(lo, hi))
     steps = math.ceil(math.log2(math.log(hi / lo) / 1e-3))
     assert steps == 7 < SEARCH_STEPS

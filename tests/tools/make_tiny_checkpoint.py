@@ -1,7 +1,7 @@
 """Regenerate tests/data/qarv_tiny_trained.pt: qarv_tiny trained briefly so that its rate depends on λ.
 
 Usage: python tests/tools/make_tiny_checkpoint.py IMAGE_FOLDER [--iters N]
-(made from ../shared/data/train/bsds500 — never Kodak). A plain loop on purpose: the fixture must
+(made from BSDS500 photos — never Kodak). A plain loop on purpose: the fixture must
 not depend on the training package it may be used to test.
 """
 import argparse
@@ -53,7 +53,8 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         if it % 100 == 0:
-            print(it, f"loss {out['loss'].item():.3f} bpp {out['bpp'].item():.3f} psnr {out['psnr'].item():.2f}", flush=True)
+            print(it, f"loss {out['loss'].item():.3f} bpp {out['bpp'].item():.3f} "
+                  f"psnr {out['psnr'].item():.2f}", flush=True)
     torch.save({"model": model.state_dict()}, args.out)
     print("saved", args.out)
 

@@ -20,9 +20,10 @@ import json
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "results" / "mutation"
@@ -77,7 +78,8 @@ def report(timings: dict[str, float]) -> dict:
     previous = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").exists() else {}
     summary = {"groups": {}, "mutmut": "3.8.1"}
     survivors_md = ["# Surviving mutants", "",
-                    "Each survivor of the last run, its diff, and why it is kept (tests/tools/mutation_explained.toml).", ""]
+                    "Each survivor of the last run, its diff, and why it is kept "
+                    "(tests/tools/mutation_explained.toml).", ""]
     for group, patterns in GROUPS.items():
         names = sorted(n for n in results if _matches(n, patterns))
         counts = Counter(STATUS.get(results[n], "suspicious") for n in names)
@@ -109,7 +111,8 @@ def report(timings: dict[str, float]) -> dict:
     summary["stale_explanations"] = stale
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (OUT / "survivors.md").write_text("\n".join(survivors_md) + "\n")
-    rows = ["| group | mutants | killed | explained survivors | unexplained | killed % | killed or explained % | run time |",
+    rows = ["| group | mutants | killed | explained survivors | unexplained | killed % "
+            "| killed or explained % | run time |",
             "|---|---|---|---|---|---|---|---|"]
     for group, e in summary["groups"].items():
         secs = f"{e['seconds'] / 60:.1f} min" if e["seconds"] else "–"

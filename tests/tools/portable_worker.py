@@ -113,7 +113,9 @@ def decode(args) -> None:
             for i, r in enumerate(tr):
                 a, b = enc[f"arr_{i}"], r.scales
                 summary["max_dlog_scale"] = max(summary["max_dlog_scale"], float(np.abs(np.log(a) - np.log(b)).max()))
-                diffs += int((DiscreteGaussian.indexes(torch.from_numpy(a)) != DiscreteGaussian.indexes(torch.from_numpy(b))).sum())
+                index_a = DiscreteGaussian.indexes(torch.from_numpy(a))
+                index_b = DiscreteGaussian.indexes(torch.from_numpy(b))
+                diffs += int((index_a != index_b).sum())
             summary["index_diffs_first_image"].append(diffs)
     print(json.dumps(summary))
 
