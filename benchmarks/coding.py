@@ -17,9 +17,11 @@ trees coded on ``lvae.models.qarv.CODING_THREADS`` threads; the machine line sho
 git revision REV (``git archive`` into a temporary folder; a folder holding an ``lvae`` package
 works too). Each variant runs in its own subprocess with ``PYTHONPATH`` at its tree; the
 subprocesses take turns call by call (old, new, old, new, ...) so that a machine whose load changes
-affects all alike. Printed: medians, min/max and the speed-up ``old median / new median``. When
-REV's ``lvae.models.qarv`` has ``CODING_THREADS`` (coding pinned to one CPU thread), REV is timed
-as it is and with ``CODING_THREADS = None`` (all threads), separating the thread gain from the rest.
+affects all alike. Printed: medians, min/max and each variant's speed-up ``REV median / variant
+median``. When this tree's QARV has ``set_encoder_precision``, it is also timed with the bfloat16
+encoder ("new, bf16 encoder"). When REV's ``lvae.models.qarv`` has ``CODING_THREADS`` (coding
+pinned to one CPU thread), REV is timed as it is and with ``CODING_THREADS = None`` (all threads),
+separating the thread gain from the rest.
 """
 from __future__ import annotations
 
@@ -221,7 +223,7 @@ WORKER_TAG = "@@lvae-bench "
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(image: str | None, lmb: float | None, all_coding_threads: bool) -> int:
+def worker(image: str | None, lmb: float | None, all_coding_threads: bool, bf16_encoder: bool = False) -> int:
     """Subprocess side of --compare: warm up, then time one op per line read from stdin."""
     from lvae.models import qarv
 
@@ -230,6 +232,8 @@ def worker(image: str | None, lmb: float | None, all_coding_threads: bool) -> in
         qarv.CODING_THREADS = None
     im, _ = load_input(image)
     model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    if bf16_encoder:
+        model.set_encoder_precision("bfloat16")
     lmb = model.default_lmb if lmb is None else lmb
     data = model.compress(im, lmb)  # warm-up
     model.decompress(data)
@@ -297,6 +301,8 @@ def compare(rev: str, image: str | None, lmb: float | None, repeats: int) -> int
         workers.append(Worker(f"{rev}", old_tree, common))
         if "CODING_THREADS=absent" not in workers[-1].info:
             workers.append(Worker(f"{rev}, all threads", old_tree, common + ["--all-coding-threads"]))
+        if hasattr(lvae.get_model("qarv_tiny"), "set_encoder_precision"):
+            workers.insert(1, Worker("new, bf16 encoder", ROOT, common + ["--bf16-encoder"]))
         im_desc = load_input(image)[1]
         h, w = load_input(image)[0].shape[2:]
         print(f"qarv_base, fixed reference weights; {w}x{h} {im_desc}; lambda "
@@ -316,15 +322,14 @@ def compare(rev: str, image: str | None, lmb: float | None, repeats: int) -> int
             load = "?"
         print(f"load average after: {load}")
         print()
-        new = workers[0].label
         print(f"{'variant':<24} {'op':<7} {'median s':>9} {'min s':>8} {'max s':>8} {'speed-up':>9}")
         for op in ("encode", "decode"):
+            old = statistics.median(times[rev, op])
             for wk in workers:
                 t = times[wk.label, op]
                 med = statistics.median(t)
-                ratio = statistics.median(t) / statistics.median(times[new, op])
-                print(f"{wk.label:<24} {op:<7} {med:>9.3f} {min(t):>8.3f} {max(t):>8.3f} {ratio:>8.2f}x")
-        print("speed-up: that variant's median / the new tree's median (how many times faster the new tree is)")
+                print(f"{wk.label:<24} {op:<7} {med:>9.3f} {min(t):>8.3f} {max(t):>8.3f} {old / med:>8.2f}x")
+        print(f"speed-up: {rev}'s median / that variant's median (how many times faster than {rev})")
     finally:
         for wk in workers:
             wk.close()
@@ -345,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", metavar="REV", help="time encode/decode against git revision REV's lvae (CPU)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--all-coding-threads", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16-encoder", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.image, args.lmb, args.all_coding_threads)
+        return worker(args.image, args.lmb, args.all_coding_threads, args.bf16_encoder)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.device == "cuda" and (args.no_cuda or not torch.cuda.is_available()):

@@ -63,6 +63,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="container: lvae (default; magic, model name, checksum) or legacy (the QARV authors' "
         "layout, qarv_base only; default suffix .bits)",
     )
+    c.add_argument(
+        "--bf16-encoder",
+        action="store_true",
+        help="compute what only the encoder computes in bfloat16: faster on CPUs with AMX; the files "
+        "still decode everywhere (docs/speed.md)",
+    )
     add_model_options(
         c,
         f"registered model (default: {DEFAULT_MODEL}, shipped in the package; {LEGACY_MODEL} with "
@@ -131,6 +137,8 @@ def compress(args: argparse.Namespace) -> int:
         check_input(src)
         out = outputs.path_for(src)
         model = models.get(model_name)
+        if args.bf16_encoder:
+            model.set_encoder_precision("bfloat16")
         res = model.compress_file(
             src,
             out,

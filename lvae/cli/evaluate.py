@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--output", default=None, help="result JSON (default: results/<name>-<test-set>.json)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--bf16_encoder", action="store_true",
+                   help="encode with the bfloat16 encoder (QARV.set_encoder_precision); the result records it")
     p.add_argument("--progressive", action="store_true",
                    help="measure every prefix of the latent strings (bpp and PSNR for k = 0 … L) instead; "
                         "writes results/<name>-<test-set>-progressive.json and a plot beside it")
@@ -133,11 +135,15 @@ def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     test_set, folder, images = find_images(args.dataset_name)
     progress = not args.no_progress
+    if args.codec is not None and args.bf16_encoder:
+        raise ValueError("--bf16_encoder applies to --model, not to --codec")
     if args.codec is not None:
         report = evaluate_codec(args.codec, images, args.qualities, test_set=test_set, folder=folder, progress=progress)
     else:
         model_args = parse_model_args(args.model_args)
         model, weights = _load_model(args.model, args.weights, model_args, device)
+        if args.bf16_encoder:
+            model.set_encoder_precision("bfloat16")
         low, high = args.lmb_range if args.lmb_range is not None else model.lmb_range
         lo_ok, hi_ok = model.lmb_range
         if low < lo_ok or high > hi_ok:
@@ -150,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_model(model, images, lambdas, name=args.model, test_set=test_set, folder=folder,
                                 progress=progress)
         report.update(weights=weights, **{"model-args": model_args})
+        if args.bf16_encoder:
+            report["encoder-precision"] = "bfloat16"
 
     _print_table(report)
     _add_bd_rate(report)

@@ -174,6 +174,13 @@ class CompressionMixin(_ModuleBase):
         def postprocess(x_hat: torch.Tensor) -> torch.Tensor:
             ...
 
+    def set_encoder_precision(self, precision: str) -> CompressionMixin:
+        """The arithmetic of the computations only an encoder does. A model that can encode in
+        reduced precision overrides this (QARV: ``"bfloat16"``); by default only ``"float32"``."""
+        if precision != "float32":
+            raise ValueError(f"this model has only a float32 encoder (asked for {precision!r})")
+        return self
+
     # -- one real encode ---------------------------------------------------------------------
     def _encode(self, im: torch.Tensor, lmb: float, format: str, colour: str = "rgb") -> bytes:
         h, w = im.shape[2:]

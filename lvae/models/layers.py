@@ -5,7 +5,10 @@ checkpoint (docs/model.md), so that ``load_state_dict(strict=True)`` works on it
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -71,6 +74,26 @@ class Mlp(nn.Module):
 # Inference on the CPU fuses fc1 with the exact GELU and fc2 with the block's residual (oneDNN post-ops).
 _MLP_CHUNK_ROWS = 2048  # tokens per chunk of the fused MLP (its hidden activations then stay in cache)
 _ONEDNN_FUSED = [True]
+_ONEDNN_BF16 = [True]
+
+# bfloat16 MLPs (oneDNN; AMX on recent Intel CPUs), for what only an encoder computes: see
+# :func:`bf16_mlps`. The residual stream, LayerNorm and depthwise convolutions stay float32.
+_BF16_MLPS: contextvars.ContextVar[bool] = contextvars.ContextVar("lvae_bf16_mlps", default=False)
+
+
+@contextlib.contextmanager
+def bf16_mlps(enabled: bool = True) -> Iterator[None]:
+    """Within the block, CPU inference runs the blocks' MLPs in bfloat16 (weights and
+    activations; sums and the residual in float32).
+
+    Only for computations a decoder never repeats (the bottom-up encoder, the posterior): their
+    results choose the coded symbols, not the probabilities both sides must agree on.
+    """
+    token = _BF16_MLPS.set(enabled)
+    try:
+        yield
+    finally:
+        _BF16_MLPS.reset(token)
 
 
 def _onednn_fused_ok(x: torch.Tensor) -> bool:
@@ -126,6 +149,11 @@ class ConvNeXtBlockAdaLN(nn.Module):
             h = F.layer_norm(h, (self.dim,), eps=1e-6)
             h = torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :])
         if _onednn_fused_ok(h):
+            if _BF16_MLPS.get() and _ONEDNN_BF16[0]:
+                try:
+                    return self._mlp_residual_bf16(h, x)
+                except (RuntimeError, NotImplementedError, TypeError):
+                    _ONEDNN_BF16[0] = False  # no bfloat16 linears in this build: float32 from now on
             try:
                 return self._mlp_residual_onednn(h, x)
             except (RuntimeError, AttributeError, NotImplementedError, TypeError):
@@ -140,22 +168,49 @@ class ConvNeXtBlockAdaLN(nn.Module):
         (``gamma·(Wh + b) = (gamma·W)h + gamma·b``) and adds ``x`` as it writes, so the residual
         costs no extra pass over memory. Same values up to float rounding.
         """
-        m = self.mlp
-        g = self.gamma.reshape(-1)
-        w2, b2 = m.fc2.weight * g[:, None], m.fc2.bias * g
+        w1, b1, w2, b2 = self._inference_weights(torch.float32)
         linear = torch.ops.mkldnn._linear_pointwise
         n, hh, ww, c = h.shape
         rows, res = h.reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)  # views: both NHWC in memory
         if rows.shape[0] < 2 * _MLP_CHUNK_ROWS:
-            out = linear.binary(linear(rows, m.fc1.weight, m.fc1.bias, "gelu", [], "none"), res, w2, b2, "add")
+            out = linear.binary(linear(rows, w1, b1, "gelu", [], "none"), res, w2, b2, "add")
         else:
             # NOTE: at 1/4 scale fc1's output (rows × hidden) is tens of MB: written and read back
             # from memory it makes the pair memory-bound. Row chunks keep it in cache (~20 % faster).
             out = torch.empty_like(res)
             for s in range(0, rows.shape[0], _MLP_CHUNK_ROWS):
-                part = linear(rows[s : s + _MLP_CHUNK_ROWS], m.fc1.weight, m.fc1.bias, "gelu", [], "none")
+                part = linear(rows[s : s + _MLP_CHUNK_ROWS], w1, b1, "gelu", [], "none")
                 out[s : s + _MLP_CHUNK_ROWS] = linear.binary(part, res[s : s + _MLP_CHUNK_ROWS], w2, b2, "add")
         return out.reshape(n, hh, ww, c).permute(0, 3, 1, 2)  # N, C, H, W, channels-last in memory
+
+    def _inference_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """fc1's weight and bias, and fc2's with ``gamma`` folded in, in ``dtype``; computed once
+        and kept until a parameter changes (torch's in-place version counters)."""
+        m = self.mlp
+        params = (m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, self.gamma)
+        key = (dtype, *((p.data_ptr(), p.device, p._version) for p in params))
+        cache = self.__dict__.setdefault("_inference_cache", {})  # a plain attribute: not in the state dict
+        cached = cache.get(dtype)
+        if cached is None or cached[0] != key:
+            g = self.gamma.reshape(-1)
+            weights = (m.fc1.weight, m.fc1.bias, m.fc2.weight * g[:, None], m.fc2.bias * g)
+            cached = (key, tuple(w.detach().to(dtype).contiguous() for w in weights))
+            cache[dtype] = cached
+        return cached[1]
+
+    def _mlp_residual_bf16(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + gamma · MLP(h)`` with the MLP in bfloat16 (see :func:`bf16_mlps`)."""
+        w1, b1, w2, b2 = self._inference_weights(torch.bfloat16)
+        linear = torch.ops.mkldnn._linear_pointwise
+        n, hh, ww, c = h.shape
+        rows, res = h.reshape(-1, c).to(torch.bfloat16), x.permute(0, 2, 3, 1).reshape(-1, c)
+        out = torch.empty_like(res)
+        for s in range(0, rows.shape[0], _MLP_CHUNK_ROWS):
+            part = linear(rows[s : s + _MLP_CHUNK_ROWS], w1, b1, "gelu", [], "none")
+            # float32 + bfloat16 promotes to float32 in one pass: the residual keeps full precision
+            torch.add(res[s : s + _MLP_CHUNK_ROWS], linear(part, w2, b2, "none", [], "none"),
+                      out=out[s : s + _MLP_CHUNK_ROWS])
+        return out.reshape(n, hh, ww, c).permute(0, 3, 1, 2)
 
 
 def patch_downsample(in_ch: int, out_ch: int, rate: int = 2) -> nn.Conv2d:

@@ -47,6 +47,8 @@ def to_uint8(im: torch.Tensor) -> np.ndarray:
 
 def encode(args) -> None:
     model = build(args.model, args.device)
+    if args.bf16_encoder:
+        model.set_encoder_precision("bfloat16")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -130,6 +132,7 @@ def main() -> None:
     e.add_argument("--format", default="lvae")
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--bf16-encoder", action="store_true", help="QARV.set_encoder_precision('bfloat16')")
     e.add_argument("images", nargs="+")
     d = sub.add_parser("decode")
     d.add_argument("--model", required=True)
