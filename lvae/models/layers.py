@@ -72,7 +72,13 @@ class Mlp(nn.Module):
 
 
 # Inference on the CPU fuses fc1 with the exact GELU and fc2 with the block's residual (oneDNN post-ops).
-_MLP_CHUNK_ROWS = 2048  # tokens per chunk of the fused MLP (its hidden activations then stay in cache)
+# A fused MLP whose hidden activations (tokens × hidden × 4 bytes) exceed _MLP_CHUNK_BYTES runs in
+# chunks of _MLP_CHUNK_ROWS tokens, so that fc1's output is read back from cache, not memory. Measured
+# on qarv_base at 768×512 (docs/speed.md): the encoder's 1/4 stage (38 MB) gains from chunks; the
+# decoder's MLPs (≤ 19 MB) lose to the copy of each chunk's output (8 % of a decode with 2,048-token
+# chunks everywhere).
+_MLP_CHUNK_BYTES = 24 << 20
+_MLP_CHUNK_ROWS = 8192
 _ONEDNN_FUSED = [True]
 _ONEDNN_BF16 = [True]
 
@@ -172,11 +178,11 @@ class ConvNeXtBlockAdaLN(nn.Module):
         linear = torch.ops.mkldnn._linear_pointwise
         n, hh, ww, c = h.shape
         rows, res = h.reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)  # views: both NHWC in memory
-        if rows.shape[0] < 2 * _MLP_CHUNK_ROWS:
+        if rows.shape[0] * w1.shape[0] * 4 <= _MLP_CHUNK_BYTES:
             out = linear.binary(linear(rows, w1, b1, "gelu", [], "none"), res, w2, b2, "add")
         else:
-            # NOTE: at 1/4 scale fc1's output (rows × hidden) is tens of MB: written and read back
-            # from memory it makes the pair memory-bound. Row chunks keep it in cache (~20 % faster).
+            # NOTE: fc1's output of tens of MB, written and read back from memory, makes the pair
+            # memory-bound; row chunks keep it in cache (the copy of each chunk's output costs less).
             out = torch.empty_like(res)
             for s in range(0, rows.shape[0], _MLP_CHUNK_ROWS):
                 part = linear(rows[s : s + _MLP_CHUNK_ROWS], w1, b1, "gelu", [], "none")
