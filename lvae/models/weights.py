@@ -197,10 +197,14 @@ def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tenso
     return sd
 
 
-def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint", *, assign: bool = False
+) -> None:
     """``load_state_dict(strict=True)`` with an error that names the first offending keys.
 
     The entropy coder's table buffers are derived data, stored empty or filled: their shape is free.
+    ``assign``: the model takes ``sd``'s tensors themselves instead of copying them (for a state
+    dict nobody else holds; it saves a copy of every weight when a model is loaded).
     """
     from ..coding.gaussian import TABLE_BUFFERS
 
@@ -223,7 +227,7 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], sou
     if problems:
         name = getattr(model, "name", None) or type(model).__name__
         raise CheckpointError(f"{source} does not fit model {name!r}: " + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=True, assign=assign)
 
 
 def load_pretrained(
@@ -244,4 +248,5 @@ def load_pretrained(
         path = Path(pretrained)
     else:
         raise ValueError(f"pretrained must be True, False or a checkpoint path, got {pretrained!r}")
-    load_state_dict_strict(model, load_checkpoint_state_dict(path), source=str(path))
+    # The state dict was just read and is not kept: the model may take its tensors as they are.
+    load_state_dict_strict(model, load_checkpoint_state_dict(path), source=str(path), assign=True)
