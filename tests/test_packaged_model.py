@@ -66,8 +66,8 @@ def test_committed_results_are_this_model_on_kodak(report):
 def test_kodak_image_round_trip_matches_committed_results(small, report, index):
     """The latent strings are the committed run's, byte for byte; the decoded image its PSNR.
 
-    The committed sweep wrote container version 1 (its ``bytes``): the same strings in that layout
-    must have exactly its length. The PSNR is the decoded image's, rounded to 8 bits as a PNG holds
+    The committed sweep wrote the current container (version 2): the file must have exactly its
+    ``bytes``. The PSNR is the decoded image's, rounded to 8 bits as a PNG holds
     it; it may move by 1e-4 dB with the CPU's arithmetic (another oneDNN path decoding), not more.
     A model that is off anywhere (2 % too much λ in the λ embedding moves the file by 0.9 % and the
     PSNR by 0.03 dB at λ ≈ 42) fails both.
@@ -79,7 +79,7 @@ def test_kodak_image_round_trip_matches_committed_results(small, report, index):
     header, strings = bitstream.unpack(data)
     assert (header.model_name, header.height, header.width) == ("qarv_small", 512, 768)
     assert header.lmb == pytest.approx(lmb, rel=1e-7)  # stored as float32
-    assert len(bitstream.pack("qarv_small", header.lmb, 512, 768, strings, version=1)) == row["bytes"]
+    assert header.version == 2 and len(data) == row["bytes"]
     decoded = small.decompress(data)
     assert decoded.shape == image.shape
     decoded = torch.round(decoded.clamp(0, 1) * 255) / 255  # what a PNG of it holds

@@ -58,7 +58,7 @@ def qarv_tiny(**overrides: Any) -> QARV:
 
 # Trained by this project with train-var-rate.py on the CPU (BSDS500 + Sun-Hays 80, never Kodak);
 # configs and logs in results/training/qarv_small*/ (see README). Shipped in the package.
-QARV_SMALL_SHA256 = "17af9d684243fd4210339f0ddf6b1d78fc119aeee04da8c0e249d951d8b406fc"
+QARV_SMALL_SHA256 = "9f54b3d282418c0369525498c620a287f1d391e97449a2b4105ecbf57ce6c451"
 
 
 @register_model(
