@@ -72,6 +72,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         for flag in ("model_args", "weights", "lmb_range"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag} applies to --model, not to --codec")
+        if args.bf16_encoder:
+            raise ValueError("--bf16_encoder applies to --model, not to --codec")
     elif args.qualities is not None:
         raise ValueError("--qualities applies to --codec, not to --model")
 
@@ -135,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     test_set, folder, images = find_images(args.dataset_name)
     progress = not args.no_progress
-    if args.codec is not None and args.bf16_encoder:
-        raise ValueError("--bf16_encoder applies to --model, not to --codec")
     if args.codec is not None:
         report = evaluate_codec(args.codec, images, args.qualities, test_set=test_set, folder=folder, progress=progress)
     else:
