@@ -122,16 +122,19 @@ def weights_fingerprint(model: torch.nn.Module) -> bytes:
     cached = model.__dict__.get("_lvae_fingerprint")
     if cached is not None and cached[0] == key:
         return cached[1]
-    coder = entropy_coder_keys(model)
-    sd = {k: v for k, v in model.state_dict().items() if k not in coder}
+    sd = model.state_dict()
+    coder = entropy_coder_keys(model, sd)
     h = hashlib.sha256()
     for k in sorted(sd):
-        v = sd[k].detach()
-        if v.is_floating_point():
+        if k in coder:
+            continue
+        v = sd[k]
+        if v.is_floating_point() and v.dtype != torch.float32:
             v = v.float()
-        v = v.cpu().contiguous()
+        a = v.cpu().contiguous().numpy()
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.numpy().astype(v.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
+        # the array's memory itself (no copy) unless it is big-endian
+        h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).reshape(-1).view("u1"))
     digest = h.digest()[: bitstream.FINGERPRINT_BYTES]
     model.__dict__["_lvae_fingerprint"] = (key, digest)  # a plain attribute (not a buffer)
     return digest

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,9 +242,10 @@ def gaussian_bin_nll(z: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -
     return -torch.where(prob > 1e-6, log_bin, log_density)
 
 
-def entropy_coder_keys(model: nn.Module) -> frozenset[str]:
+def entropy_coder_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None) -> frozenset[str]:
     """The state-dict keys of ``model``'s entropy coders (every :class:`DiscreteGaussian`: its
     tables and bounds): constants of the coder, not learned weights. The weights fingerprint and
-    the fixed reference weights leave them out."""
+    the fixed reference weights leave them out. ``state_dict``: the model's, if already at hand."""
     prefixes = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, DiscreteGaussian))
-    return frozenset(k for k in model.state_dict() if prefixes and k.startswith(prefixes))
+    keys = model.state_dict() if state_dict is None else state_dict
+    return frozenset(k for k in keys if prefixes and k.startswith(prefixes))
