@@ -3,6 +3,7 @@
     python benchmarks/coding.py [IMAGE] [--repeats 5] [--lmb 181] [--ratio-lmbs 16,181,2048]
                                 [--device cpu|cuda] [--json OUT.json]
     python benchmarks/coding.py [IMAGE] --compare REV [--repeats 5] [--lmb 181]
+    python benchmarks/coding.py [IMAGE] [--compare REV] --authors PATH [--repeats 5] [--lmb 181]
 
 The model has the fixed reference weights of :mod:`lvae.models.fixed_weights` (no download needed), so its
 rates are not those of the published model; the timings are. Without IMAGE a smooth random
@@ -22,6 +23,25 @@ median``. When this tree's QARV has ``set_encoder_precision``, it is also timed 
 encoder ("new, bf16 encoder"). When REV's ``lvae.models.qarv`` has ``CODING_THREADS`` (coding
 pinned to one CPU thread), REV is timed as it is and with ``CODING_THREADS = None`` (all threads),
 separating the thread gain from the rest.
+
+``--authors PATH`` (CPU; with or without ``--compare``) also times the QARV authors' own
+``qarv_base``: PATH is a clone of https://github.com/duanzhiihao/lossy-vae (it needs timm:
+``pip install -e '.[bench]'``). Their package is also called ``lvae``, so it runs in
+benchmarks/authors_worker.py with ``PYTHONPATH=PATH`` alone and never sees this tree's. This
+script saves the state dict of this tree's ``qarv_base`` (fixed reference weights) to a temporary
+file; the worker loads it strictly into their ``qarv_base()`` and times their ``compress(image,
+lmb=λ)`` and ``decompress``, taking turns with the other variants. λ is this tree's (``--lmb``,
+else its default √(16·2048) ≈ 181.02), passed explicitly to every variant (the authors' own
+default is 2048). A sanity check is printed first: the authors' bytes against this tree's
+``compress(..., format="legacy")`` (their layout: λ, grid, string lengths, latent strings) byte
+for byte, and the largest difference between the two decoded images (float noise: ≤ 1e-4).
+Strings that differ are decoded with this tree's decoder: the same image as from this tree's
+own file means the same latent symbols, coded with a neighbouring table where a prior scale
+lies on a table boundary (the two round it differently; README, "Decoding on any machine"),
+which is reported with ``!!!`` but still the same computation. Other latent symbols, or decoded
+images further apart than float noise, fail the check: ``!!! SANITY CHECK FAILED`` before and
+after the table, and the exit status is 1. Column ``vs authors``: that variant's median / the
+authors' median (below 1: faster than the authors' code).
 """
 from __future__ import annotations
 
@@ -34,6 +54,7 @@ import re
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tarfile
@@ -223,8 +244,12 @@ def bits_ratios(model, im, lmbs: list[float]) -> list[tuple]:
 
 
 # -- old vs new ------------------------------------------------------------------------------------------
-WORKER_TAG = "@@lvae-bench "
+WORKER_TAG = "@@lvae-bench "  # benchmarks/authors_worker.py answers with the same tag
 ROOT = Path(__file__).resolve().parent.parent
+AUTHORS_WORKER = Path(__file__).resolve().with_name("authors_worker.py")
+AUTHORS_REPO = "https://github.com/duanzhiihao/lossy-vae"
+AUTHORS_LABEL = "authors' qarv_base"
+FLOAT_NOISE = 1e-4  # largest difference between the decoded images that counts as float noise
 
 
 def worker(image: str | None, lmb: float | None, all_coding_threads: bool, bf16_encoder: bool = False) -> int:
@@ -265,7 +290,11 @@ class Worker:
     def _reply(self) -> str:
         for line in self.proc.stdout:
             if line.startswith(WORKER_TAG):
-                return line[len(WORKER_TAG):].strip()
+                reply = line[len(WORKER_TAG):].strip()
+                if reply.startswith("error "):  # a readable reason, one line (authors_worker.py)
+                    self.proc.wait()
+                    raise SystemExit(f"coding.py: {self.label}: {reply[len('error '):]}")
+                return reply
         raise SystemExit(f"benchmark subprocess for {self.label} ended early (exit code {self.proc.wait()})")
 
     def time(self, op: str) -> float:
@@ -276,8 +305,108 @@ class Worker:
     def close(self) -> None:
         try:
             self.proc.stdin.close()
+        except BrokenPipeError:  # it has ended already
+            pass
         finally:
             self.proc.wait()
+
+
+class AuthorsWorker(Worker):
+    """The QARV authors' ``qarv_base`` (benchmarks/authors_worker.py, ``PYTHONPATH`` = their clone only).
+
+    Starting it imports their code, so a missing dependency stops the run before anything is built;
+    :meth:`write_input` saves this tree's state dict, the image and λ for it, and :meth:`load` has it
+    build their model and returns its warm-up output (their bytes, decoded image) for :func:`authors_check`.
+    """
+
+    def __init__(self, path: Path, tmp: Path):
+        self.label = AUTHORS_LABEL
+        self.input, self.output = tmp / "authors_input.pt", tmp / "authors_output.pt"
+        env = dict(os.environ, PYTHONPATH=str(path))
+        cmd = [sys.executable, str(AUTHORS_WORKER), str(path), str(self.input), str(self.output)]
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._reply()  # "imported <their lvae folder>"
+
+    def write_input(self, state_dict: dict, image: torch.Tensor, lmb: float) -> None:
+        torch.save({"state_dict": state_dict, "image": image, "lmb": float(lmb)}, self.input)
+
+    def load(self) -> tuple[bytes, torch.Tensor]:
+        self.proc.stdin.write("load\n")
+        self.proc.stdin.flush()
+        self.info = self._reply()  # "ready ...", after their warm-up
+        out = torch.load(self.output, weights_only=True)
+        return out["bits"].numpy().tobytes(), out["decoded"]
+
+
+def check_authors_path(path: str) -> Path:
+    """``--authors PATH`` must be a clone of the authors' repository (one readable line otherwise)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise SystemExit(f"coding.py: --authors {path}: no such folder (expected a clone of {AUTHORS_REPO})")
+    if not (folder / "lvae" / "models" / "qarv" / "zoo.py").is_file():
+        raise SystemExit(f"coding.py: --authors {path}: not a clone of {AUTHORS_REPO} "
+                         "(it has no lvae/models/qarv/zoo.py)")
+    return folder.resolve()
+
+
+def authors_check(model, ours: bytes, ours_decoded: torch.Tensor, theirs_bits: bytes, theirs_decoded: torch.Tensor,
+                  height: int, width: int) -> tuple[list[str], bool, bool]:
+    """The authors' warm-up output against this tree's ``model``: (report lines, byte-identical, same computation).
+
+    ``ours`` is this tree's ``compress(..., format="legacy")``: the authors' ``compress_file`` layout,
+    which is their ``compress`` output behind the image's height and width (two uint16). When the
+    bytes differ, this tree's decoder reads their file: the same image as from its own file means
+    the same latent symbols, coded with other tables where a prior scale lies on a table boundary
+    (README, "Decoding on any machine"), so the timings still compare the same computation.
+    """
+    from lvae import BitstreamError
+    from lvae.bitstream import unpack_legacy
+    from lvae.coding.latent import trace
+
+    theirs = struct.pack("<2H", height, width) + theirs_bits
+    _, our_strings = unpack_legacy(ours)
+    try:
+        head, their_strings = unpack_legacy(theirs)
+    except BitstreamError as e:
+        return [f"!!! their bytes are not in their own layout: {e}"], False, False
+    lines, identical, same = [], theirs == ours, True
+    if identical:
+        lines.append(f"latent strings: identical to this tree's, byte for byte ({len(our_strings)} strings, "
+                     f"{sum(map(len, our_strings))} bytes; the whole file too, header lambda {head.lmb:.6g})")
+    else:
+        differ = [f"string {i + 1}: {len(a)} vs {len(b)} bytes" for i, (a, b) in
+                  enumerate(zip(our_strings, their_strings)) if a != b]
+        lines.append(f"!!! latent strings: NOT identical to this tree's: {len(our_strings) - len(differ)} of "
+                     f"{len(our_strings)} equal (they have {len(their_strings)}; "
+                     + "; ".join(differ[:4] + (["..."] if len(differ) > 4 else []))
+                     + f"); files {len(theirs)} vs {len(ours)} bytes, header lambda {head.lmb:.6g}")
+        try:
+            with trace() as reports:
+                cross = model.decompress(theirs)
+        except BitstreamError as e:
+            same = False
+            lines.append(f"!!! this tree's decoder cannot read their file: {e}")
+        else:
+            moved = sum(r.flips for r in reports)
+            cross_diff = (cross.float() - ours_decoded.float()).abs().max().item()
+            same = cross_diff == 0.0
+            if same:
+                lines.append(f"    this tree's decoder reads their file to exactly the image of its own file, moving "
+                             f"{moved} table choice(s): the same latent symbols, coded with another table where a "
+                             "prior scale lies on a table boundary (float rounding differs between the two)")
+            else:
+                lines.append(f"!!! this tree's decoder reads their file to an image {cross_diff:.2e} away from the "
+                             f"one of its own file ({moved} table choices moved): other latent symbols")
+    if theirs_decoded.shape != ours_decoded.shape:
+        same = False
+        lines.append(f"!!! decoded image: shape {tuple(theirs_decoded.shape)}, this tree's {tuple(ours_decoded.shape)}")
+    else:
+        diff = (theirs_decoded.float() - ours_decoded.float()).abs().max().item()
+        same = same and diff <= FLOAT_NOISE
+        lines.append(("" if diff <= FLOAT_NOISE else "!!! ") + f"decoded image: max abs diff {diff:.2e} from this "
+                     f"tree's ({'float noise' if diff <= FLOAT_NOISE else 'MORE THAN FLOAT NOISE'}: "
+                     f"limit {FLOAT_NOISE:.0e})")
+    return lines, identical, same
 
 
 def export_revision(rev: str, dest: Path) -> Path:
@@ -295,25 +424,50 @@ def export_revision(rev: str, dest: Path) -> Path:
     return dest / "tree"
 
 
-def compare(rev: str, image: str | None, lmb: float | None, repeats: int) -> int:
+def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int, authors: Path | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lvae-bench-"))
-    common = ([image] if image else []) + ([f"--lmb={lmb}"] if lmb is not None else [])
     workers: list[Worker] = []
+    checked: tuple[list[str], bool, bool] | None = None
     try:
-        old_tree = export_revision(rev, tmp)
-        workers.append(Worker("new (this tree)", ROOT, common))
-        workers.append(Worker(f"{rev}", old_tree, common))
-        if "CODING_THREADS=absent" not in workers[-1].info:
-            workers.append(Worker(f"{rev}, all threads", old_tree, common + ["--all-coding-threads"]))
+        im, im_desc = load_input(image)
+        h, w = im.shape[2:]
+        their_worker = None
+        if authors is not None:
+            their_worker = AuthorsWorker(authors, tmp)  # first: a missing dependency stops the run at once
+            workers.append(their_worker)
+            model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+            lmb = model.default_lmb if lmb is None else lmb  # explicit for everyone: the authors' default differs
+            their_worker.write_input(model.state_dict(), im, lmb)  # before this tree codes anything
+            ours = model.compress(im, lmb, format="legacy")
+            ours_decoded = model.decompress(model.compress(im, lmb))
+            checked = authors_check(model, ours, ours_decoded, *their_worker.load(), h, w)
+            del model
+        common = ([image] if image else []) + ([f"--lmb={lmb!r}"] if lmb is not None else [])
+        old_tree = export_revision(rev, tmp) if rev is not None else None
+        ours_first = [Worker("new (this tree)", ROOT, common)]
         if hasattr(lvae.get_model("qarv_tiny"), "set_encoder_precision"):
-            workers.insert(1, Worker("new, bf16 encoder", ROOT, common + ["--bf16-encoder"]))
-        im_desc = load_input(image)[1]
-        h, w = load_input(image)[0].shape[2:]
+            ours_first.append(Worker("new, bf16 encoder", ROOT, common + ["--bf16-encoder"]))
+        workers[:0] = ours_first
+        if rev is not None and old_tree is not None:
+            workers.insert(len(ours_first), Worker(f"{rev}", old_tree, common))
+            if "CODING_THREADS=absent" not in workers[len(ours_first)].info:
+                workers.insert(len(ours_first) + 1,
+                               Worker(f"{rev}, all threads", old_tree, common + ["--all-coding-threads"]))
         print(f"qarv_base, fixed reference weights; {w}x{h} {im_desc}; lambda "
-              f"{'default' if lmb is None else lmb}; median of {repeats} after 1 warm-up, variants taking turns")
+              f"{'default' if lmb is None else f'{lmb:.5g}'}; median of {repeats} after 1 warm-up, "
+              "variants taking turns")
         print(f"machine: {machine_description()}")
         for wk in workers:
             print(f"  {wk.label}: {wk.info}")
+        if checked is not None:
+            lines, identical, same = checked
+            print(f"sanity check, {AUTHORS_LABEL} (this tree's weights, loaded strictly) against this tree, "
+                  "warm-up call:")
+            for line in lines:
+                print(f"  {line}")
+            if not same:
+                print("  !!! SANITY CHECK FAILED: the authors' code does not compute what this tree computes, "
+                      "so the timings below do not compare like with like")
         times = {(wk.label, op): [] for wk in workers for op in ("encode", "decode")}
         for r in range(repeats):
             order = workers[r % len(workers):] + workers[: r % len(workers)]
@@ -326,14 +480,29 @@ def compare(rev: str, image: str | None, lmb: float | None, repeats: int) -> int
             load = "?"
         print(f"load average after: {load}")
         print()
-        print(f"{'variant':<24} {'op':<7} {'median s':>9} {'min s':>8} {'max s':>8} {'speed-up':>9}")
+        print(f"{'variant':<24} {'op':<7} {'median s':>9} {'min s':>8} {'max s':>8}"
+              + (f" {'speed-up':>9}" if rev is not None else "") + (f" {'vs authors':>10}" if authors else ""))
         for op in ("encode", "decode"):
-            old = statistics.median(times[rev, op])
+            old = statistics.median(times[rev, op]) if rev is not None else None
+            theirs_med = statistics.median(times[AUTHORS_LABEL, op]) if authors is not None else None
             for wk in workers:
                 t = times[wk.label, op]
                 med = statistics.median(t)
-                print(f"{wk.label:<24} {op:<7} {med:>9.3f} {min(t):>8.3f} {max(t):>8.3f} {old / med:>8.2f}x")
-        print(f"speed-up: {rev}'s median / that variant's median (how many times faster than {rev})")
+                row = f"{wk.label:<24} {op:<7} {med:>9.3f} {min(t):>8.3f} {max(t):>8.3f}"
+                if old is not None:
+                    row += f" {old / med:>8.2f}x"
+                if theirs_med is not None:
+                    row += f" {med / theirs_med:>9.2f}x"
+                print(row)
+        if rev is not None:
+            print(f"speed-up: {rev}'s median / that variant's median (how many times faster than {rev})")
+        if authors is not None:
+            print("vs authors: that variant's median / the authors' median (below 1: faster than the authors' code)")
+            if checked is not None and not checked[2]:
+                print("!!! SANITY CHECK FAILED (see above): the authors' row is not the same computation")
+                return 1
+            if checked is not None and not checked[1]:
+                print("!!! the authors' latent strings are not byte for byte this tree's (see above)")
     finally:
         for wk in workers:
             wk.close()
@@ -352,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="time this device only (default: CPU, and CUDA if present)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     parser.add_argument("--compare", metavar="REV", help="time encode/decode against git revision REV's lvae (CPU)")
+    parser.add_argument("--authors", metavar="PATH",
+                        help=f"also time the QARV authors' qarv_base from PATH, a clone of {AUTHORS_REPO} (CPU)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--all-coding-threads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bf16-encoder", action="store_true", help=argparse.SUPPRESS)
@@ -362,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.device == "cuda" and (args.no_cuda or not torch.cuda.is_available()):
         parser.error("--device cuda: " + ("--no-cuda was given too" if args.no_cuda else "CUDA is not available here"))
-    if args.compare:
-        return compare(args.compare, args.image, args.lmb, args.repeats)
+    if args.compare or args.authors:
+        authors = check_authors_path(args.authors) if args.authors else None
+        return compare(args.compare, args.image, args.lmb, args.repeats, authors)
 
     im, source = load_input(args.image)
     model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()

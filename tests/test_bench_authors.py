@@ -1,0 +1,143 @@
+"""benchmarks/coding.py --authors PATH: what can be checked without the authors' code.
+
+The user errors (no folder, not their repository, a missing dependency of their code) end the run
+with one readable line and a non-zero status; the worker never falls back on this repository's
+``lvae``; the sanity check tells identical bytes from a real mismatch. With a clone of
+https://github.com/duanzhiihao/lossy-vae in ``LVAE_AUTHORS_CLONE`` (and timm installed:
+``pip install -e '.[bench]'``), ``pytest -m slow tests/test_bench_authors.py`` also runs the
+benchmark on it end to end.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lvae
+from lvae.models.fixed_weights import load_fixed_reference_weights
+
+REPO = Path(__file__).resolve().parents[1]
+CODING = REPO / "benchmarks" / "coding.py"
+WORKER = REPO / "benchmarks" / "authors_worker.py"
+
+
+def _coding_module():
+    spec = importlib.util.spec_from_file_location("bench_coding", CODING)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(args: list[str], stdin: str = "", **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The run failed with exactly one line on stderr (no traceback) and nothing timed."""
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "FutureWarning" not in ln and "warnings.warn" not in ln]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "median s" not in proc.stdout
+    return lines[0]
+
+
+def _fake_clone(root: Path, zoo_source: str) -> Path:
+    """A folder laid out like the authors' repository, with ``zoo_source`` as its lvae/models/qarv/zoo.py."""
+    qarv = root / "lvae" / "models" / "qarv"
+    qarv.mkdir(parents=True)
+    for pkg in (root / "lvae", root / "lvae" / "models", qarv):
+        (pkg / "__init__.py").write_text("")
+    (qarv / "zoo.py").write_text(zoo_source)
+    return root
+
+
+def test_missing_folder_is_one_line():
+    line = _one_line_error(_run([str(CODING), "--authors", "/nonexistent/lossy-vae", "--repeats", "1"]))
+    assert "--authors /nonexistent/lossy-vae: no such folder" in line
+    assert "github.com/duanzhiihao/lossy-vae" in line
+
+
+def test_folder_that_is_not_their_repository_is_one_line(tmp_path):
+    line = _one_line_error(_run([str(CODING), "--authors", str(tmp_path), "--repeats", "1"]))
+    assert "not a clone of" in line and "lvae/models/qarv/zoo.py" in line
+
+
+def test_missing_dependency_of_their_code_is_one_line(tmp_path):
+    clone = _fake_clone(tmp_path / "lossy-vae", "import timm_is_not_installed_here\n")
+    line = _one_line_error(_run([str(CODING), "--authors", str(clone), "--repeats", "1"]))
+    assert "needs the Python package 'timm_is_not_installed_here'" in line
+    assert "pip install -e '.[bench]'" in line
+
+
+def test_their_code_without_qarv_base_is_one_line(tmp_path):
+    clone = _fake_clone(tmp_path / "lossy-vae", "def qarv_small():\n    pass\n")
+    line = _one_line_error(_run([str(CODING), "--authors", str(clone), "--repeats", "1"]))
+    assert "has no qarv_base" in line
+
+
+def test_worker_never_imports_this_repositorys_lvae(tmp_path):
+    """A PATH without ``lvae`` must not fall back on ours (installed editable in the test env)."""
+    proc = _run([str(WORKER), str(tmp_path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                PYTHONPATH=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.strip().startswith("@@lvae-bench error ")
+    assert "No module named 'lvae'" in proc.stdout and str(REPO) not in proc.stdout
+
+
+def test_worker_answers_with_the_tag_coding_py_reads():
+    spec = importlib.util.spec_from_file_location("bench_authors_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    assert worker.TAG == _coding_module().WORKER_TAG
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = load_fixed_reference_weights(lvae.get_model("qarv_tiny")).eval()
+    im = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    lmb = model.default_lmb
+    ours = model.compress(im, lmb, format="legacy")  # the authors' compress_file layout
+    return model, ours, model.decompress(model.compress(im, lmb))
+
+
+def test_sanity_check_passes_identical_output(tiny):
+    model, ours, decoded = tiny
+    check = _coding_module().authors_check
+    lines, identical, same = check(model, ours, decoded, ours[4:], decoded + 2.0**-20, 64, 64)
+    assert identical and same
+    assert lines[0].startswith("latent strings: identical to this tree's, byte for byte")
+    assert lines[-1].startswith("decoded image: max abs diff 9.54e-07") and "(float noise" in lines[-1]
+    assert not any(line.startswith("!!!") for line in lines)
+
+
+def test_sanity_check_fails_loudly_on_other_bytes_or_images(tiny):
+    model, ours, decoded = tiny
+    check = _coding_module().authors_check
+    broken = bytearray(ours[4:])
+    broken[-3] ^= 0xFF  # inside the last latent string
+    lines, identical, same = check(model, ours, decoded, bytes(broken), decoded, 64, 64)
+    assert not identical and not same
+    assert lines[0].startswith("!!! latent strings: NOT identical")
+    lines, identical, same = check(model, ours, decoded, ours[4:], decoded + 1e-3, 64, 64)
+    assert identical and not same
+    assert lines[-1].startswith("!!! decoded image: max abs diff 1.00e-03") and "MORE THAN FLOAT NOISE" in lines[-1]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_a_clone_of_the_authors_code():
+    clone = os.environ.get("LVAE_AUTHORS_CLONE")
+    if not clone:
+        pytest.skip("set LVAE_AUTHORS_CLONE to a clone of https://github.com/duanzhiihao/lossy-vae")
+    proc = _run([str(CODING), str(REPO / "tests" / "data" / "conformance_input.png"), "--authors", clone,
+                 "--repeats", "1"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "authors' qarv_base: ready" in out and "lambda=181.019" in out
+    assert "decoded image: max abs diff" in out and "SANITY CHECK FAILED" not in out
+    assert out.count("authors' qarv_base ") >= 2 and "vs authors" in out
