@@ -164,3 +164,25 @@ def test_damaged_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch, so
     bad = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256="0" * 64)
     with pytest.raises(CheckpointError, match="is damaged: its SHA-256 is not 0000"):
         resolve_weights("qarv_tiny", bad)
+
+
+def test_recorded_sha256_is_checked_on_the_loaded_bytes(tmp_path, monkeypatch, source):
+    """Weights with a recorded SHA-256 are loaded from the very bytes that were checked; a file
+    whose digest differs is refused before anything in it is unpickled."""
+    from lvae.models.weights import file_sha256, load_pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    cache = tmp_path / "th" / "hub" / "checkpoints" / "fake-tiny.pt"
+    cache.parent.mkdir(parents=True)
+    torch.save({"model": source.state_dict()}, cache)
+    good = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256=file_sha256(cache))
+    model = lvae.get_model("qarv_tiny")
+    load_pretrained(model, "qarv_tiny", good, True)
+    assert _same_params(model, source)
+
+    marker = tmp_path / "pickle-ran"
+    torch.save({"model": _CreatesFile(marker)}, cache)  # replaced by a file with code in its pickle
+    with pytest.raises(CheckpointError, match="is damaged: its SHA-256 is not"):
+        load_pretrained(lvae.get_model("qarv_tiny"), "qarv_tiny", good, True)
+    assert not marker.exists()
