@@ -29,18 +29,13 @@ tree's is the geometric middle (181.02).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-TAG = "@@lvae-bench "  # the same as WORKER_TAG in coding.py
+from worker_protocol import answer, serve  # benchmarks/: this script's folder
 
 
 class SetupError(Exception):
     """What makes the authors' code unusable here; coding.py prints it as one line."""
-
-
-def answer(text: str) -> None:
-    print(f"{TAG}{text}", flush=True)
 
 
 def fail(text: str) -> int:
@@ -128,14 +123,7 @@ def main(argv: list[str]) -> int:
                output_file)
     ops = {"encode": lambda: model.compress(image, lmb=lmb), "decode": lambda: model.decompress(bits)}
     answer(f"ready {where} lambda={lmb:.6g} threads={torch.get_num_threads()} bytes={len(bits)}")
-    for line in sys.stdin:
-        op = line.strip()
-        if not op:
-            break
-        t0 = time.perf_counter()
-        ops[op]()
-        answer(f"{time.perf_counter() - t0:.6f}")
-    return 0
+    return serve(ops)
 
 
 if __name__ == "__main__":

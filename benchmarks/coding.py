@@ -65,6 +65,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from worker_protocol import TAG, answer, serve  # benchmarks/: this script's folder
 
 import lvae
 from lvae.bitstream import read_header
@@ -244,7 +245,7 @@ def bits_ratios(model, im, lmbs: list[float]) -> list[tuple]:
 
 
 # -- old vs new ------------------------------------------------------------------------------------------
-WORKER_TAG = "@@lvae-bench "  # benchmarks/authors_worker.py answers with the same tag
+WORKER_TAG = TAG  # benchmarks/worker_protocol.py: the answers of every worker, ours and the authors'
 ROOT = Path(__file__).resolve().parent.parent
 AUTHORS_WORKER = Path(__file__).resolve().with_name("authors_worker.py")
 AUTHORS_REPO = "https://github.com/duanzhiihao/lossy-vae"
@@ -267,16 +268,9 @@ def worker(image: str | None, lmb: float | None, all_coding_threads: bool, bf16_
     data = model.compress(im, lmb)  # warm-up
     model.decompress(data)
     ops = {"encode": lambda: model.compress(im, lmb), "decode": lambda: model.decompress(data)}
-    print(f"{WORKER_TAG}ready {Path(lvae.__file__).parent} CODING_THREADS={coding}"
-          f"{' -> None' if all_coding_threads else ''} threads={torch.get_num_threads()} bytes={len(data)}", flush=True)
-    for line in sys.stdin:
-        op = line.strip()
-        if not op:
-            break
-        t0 = time.perf_counter()
-        ops[op]()
-        print(f"{WORKER_TAG}{time.perf_counter() - t0:.6f}", flush=True)
-    return 0
+    answer(f"ready {Path(lvae.__file__).parent} CODING_THREADS={coding}"
+           f"{' -> None' if all_coding_threads else ''} threads={torch.get_num_threads()} bytes={len(data)}")
+    return serve(ops)
 
 
 class Worker:

@@ -151,14 +151,21 @@ def test_published_url_is_the_authors():
     assert w.url.endswith("/qarv_base-2022-dec-12.pt") and w.filename == "qarv_base-2022-dec-12.pt"
 
 
-def test_damaged_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch, source):
+@pytest.fixture()
+def cached_tiny(tmp_path, monkeypatch, source):
+    """qarv_tiny's fixed weights saved in a fresh torch hub cache (TORCH_HOME in tmp_path)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
     cache = tmp_path / "th" / "hub" / "checkpoints" / "fake-tiny.pt"
     cache.parent.mkdir(parents=True)
     torch.save({"model": source.state_dict()}, cache)
+    return cache
+
+
+def test_damaged_weights_file_is_refused_by_its_sha256(cached_tiny):
     from lvae.models.weights import file_sha256
 
+    cache = cached_tiny
     good = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256=file_sha256(cache))
     assert resolve_weights("qarv_tiny", good) == cache
     bad = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256="0" * 64)
@@ -166,16 +173,12 @@ def test_damaged_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch, so
         resolve_weights("qarv_tiny", bad)
 
 
-def test_recorded_sha256_is_checked_on_the_loaded_bytes(tmp_path, monkeypatch, source):
+def test_recorded_sha256_is_checked_on_the_loaded_bytes(tmp_path, cached_tiny, source):
     """Weights with a recorded SHA-256 are loaded from the very bytes that were checked; a file
     whose digest differs is refused before anything in it is unpickled."""
     from lvae.models.weights import file_sha256, load_pretrained
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    cache = tmp_path / "th" / "hub" / "checkpoints" / "fake-tiny.pt"
-    cache.parent.mkdir(parents=True)
-    torch.save({"model": source.state_dict()}, cache)
+    cache = cached_tiny
     good = Weights(filename="fake-tiny.pt", url="http://127.0.0.1:9/fake-tiny.pt", sha256=file_sha256(cache))
     model = lvae.get_model("qarv_tiny")
     load_pretrained(model, "qarv_tiny", good, True)
