@@ -58,7 +58,7 @@ def qarv_tiny(**overrides: Any) -> QARV:
 
 # Trained by this project with train-var-rate.py on the CPU (BSDS500 + Sun-Hays 80, never Kodak);
 # configs and logs in results/training/qarv_small*/ (see README). Shipped in the package.
-QARV_SMALL_SHA256 = "9f54b3d282418c0369525498c620a287f1d391e97449a2b4105ecbf57ce6c451"
+QARV_SMALL_SHA256 = "4af60470b2d091293a74869fa8accb308dd63e941ceb91e93d5fbeba72249451"
 
 
 @register_model(
