@@ -433,7 +433,7 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
             lmb = model.default_lmb if lmb is None else lmb  # explicit for everyone: the authors' default differs
             their_worker.write_input(model.state_dict(), im, lmb)  # before this tree codes anything
             ours = model.compress(im, lmb, format="legacy")
-            ours_decoded = model.decompress(model.compress(im, lmb))
+            ours_decoded = model.decompress(ours)  # this tree reads the authors' layout too
             checked = authors_check(model, ours, ours_decoded, *their_worker.load(), h, w)
             del model
         common = ([image] if image else []) + ([f"--lmb={lmb!r}"] if lmb is not None else [])

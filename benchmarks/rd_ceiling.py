@@ -25,8 +25,7 @@ from lvae.coding.gaussian import DiscreteGaussian
 from lvae.io import load_image
 from lvae.metrics import psnr
 from lvae.models import load_model
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
+from lvae.utils.datasets import list_images
 
 
 def _unrounded(module: torch.nn.Module, args: tuple, output: tuple) -> tuple:
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         lmbs = [float(v) for v in args.lmbs.split(",")]
-        paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)[: args.limit]
+        paths = list_images(args.folder)[: args.limit]
         if not paths:
             raise ValueError(f"no images in {args.folder}")
         model = load_model(args.model, args.weights, device=args.device)
