@@ -105,3 +105,49 @@ def test_builtin_models_register_without_importing_the_network():
         "qarv_tiny": ["lvae.models.zoo", False],
     }
     assert light and loaded
+
+
+@pytest.fixture
+def gc_restored():
+    import gc
+
+    enabled = gc.isenabled()
+    yield gc
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+@pytest.mark.parametrize("as_command", [True, False], ids=["lvae process", "in-process"])
+def test_model_loads_with_the_collector_paused_only_in_the_lvae_process(monkeypatch, gc_restored, as_command):
+    """The lvae process pauses Python's cyclic collector while torch imports and the model builds,
+    then freezes what is alive (start-up, see benchmarks/startup.py); a caller's collector is left
+    alone. A model that fails to load leaves the collector as it was too."""
+    gc = gc_restored
+    from lvae.cli import common, interrupt
+    from lvae.models import registry
+
+    seen = []
+
+    def fake_load(name, weights, device):
+        seen.append(gc.isenabled())
+        if name == "broken":
+            raise ValueError("no such weights")
+        return f"model {name}"
+
+    monkeypatch.setattr(interrupt.State, "command", as_command)
+    monkeypatch.setattr(registry, "load_model", fake_load)
+    gc.unfreeze()
+    gc.enable()
+    models = common.Models(None, "cpu")
+    assert models.get("qarv_small") == "model qarv_small"
+    assert gc.isenabled()
+    assert (gc.get_freeze_count() > 0) is as_command
+    gc.unfreeze()
+    with pytest.raises(ValueError, match="no such weights"):
+        models.get("broken")
+    assert gc.isenabled()
+    assert seen == [not as_command, not as_command]
+    assert (gc.get_freeze_count() > 0) is as_command

@@ -3,10 +3,12 @@ per-file loop, the output-path policy and the model cache. Imports no torch."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import gc
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -230,6 +232,29 @@ class Outputs:
         self.written.add(out.resolve())
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """In the ``lvae`` process, Python's cyclic garbage collector is paused while torch imports
+    and a model is built, then everything alive is frozen out of later collections (``gc.freeze``).
+
+    Importing torch creates some 180,000 objects the collector tracks, and it walks them again
+    and again while the import runs and once more when the process exits: 0.44 s of a 2.28 s
+    ``lvae compress`` on a 2-core CPU (``benchmarks/startup.py``, docs/cli.md). Called
+    in-process (``main(argv)``, tests), it does nothing: the caller's collector is left alone.
+    """
+    if not interrupt.State.command:
+        yield
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 class Models:
     """Models built on first use and kept; a model that failed to load is not tried again."""
 
@@ -243,7 +268,8 @@ class Models:
 
         if name not in self._cache:
             try:
-                model = load_model(name, self.weights, device=self.device)
+                with collector_paused():
+                    model = load_model(name, self.weights, device=self.device)
                 self._cache[name] = cast("CompressionMixin", model)  # every registered model codes
             except FILE_ERRORS as exc:
                 self._cache[name] = exc
