@@ -58,7 +58,7 @@ def qarv_tiny(**overrides: Any) -> QARV:
 
 # Trained by this project with train-var-rate.py on the CPU (BSDS500 + Sun-Hays 80, never Kodak);
 # configs and logs in results/training/qarv_small*/ (see README). Shipped in the package.
-QARV_SMALL_SHA256 = "4af60470b2d091293a74869fa8accb308dd63e941ceb91e93d5fbeba72249451"
+QARV_SMALL_SHA256 = "97a5e5dd422650ab5b5da6a28692b3186a069db21d091c8cb4c1f5739bf3cd55"
 
 
 @register_model(
