@@ -9,7 +9,6 @@ benchmark on it end to end.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -24,15 +23,6 @@ from lvae.models.fixed_weights import load_fixed_reference_weights
 REPO = Path(__file__).resolve().parents[1]
 CODING = REPO / "benchmarks" / "coding.py"
 WORKER = REPO / "benchmarks" / "authors_worker.py"
-
-
-def _coding_module():
-    if str(CODING.parent) not in sys.path:  # as when it runs as a script: its folder first on the path
-        sys.path.insert(0, str(CODING.parent))
-    spec = importlib.util.spec_from_file_location("bench_coding", CODING)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(args: list[str], stdin: str = "", **env: str) -> subprocess.CompletedProcess:
@@ -101,9 +91,9 @@ def tiny():
     return model, ours, model.decompress(model.compress(im, lmb))
 
 
-def test_sanity_check_passes_identical_output(tiny):
+def test_sanity_check_passes_identical_output(tiny, benchmark_script):
     model, ours, decoded = tiny
-    check = _coding_module().authors_check
+    check = benchmark_script("coding").authors_check
     lines, identical, same = check(model, ours, decoded, ours[4:], decoded + 2.0**-20, 64, 64)
     assert identical and same
     assert lines[0].startswith("latent strings: identical to this tree's, byte for byte")
@@ -111,9 +101,9 @@ def test_sanity_check_passes_identical_output(tiny):
     assert not any(line.startswith("!!!") for line in lines)
 
 
-def test_sanity_check_fails_loudly_on_other_bytes_or_images(tiny):
+def test_sanity_check_fails_loudly_on_other_bytes_or_images(tiny, benchmark_script):
     model, ours, decoded = tiny
-    check = _coding_module().authors_check
+    check = benchmark_script("coding").authors_check
     broken = bytearray(ours[4:])
     broken[-3] ^= 0xFF  # inside the last latent string
     lines, identical, same = check(model, ours, decoded, bytes(broken), decoded, 64, 64)

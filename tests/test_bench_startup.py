@@ -2,7 +2,6 @@
 ``lvae`` process (so the process-only start-up measures apply), and the benchmark runs."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,16 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "startup.py"
 
 
-def _startup_module():
-    spec = importlib.util.spec_from_file_location("bench_startup", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_console_script_is_the_lvae_process(tmp_path):
-    tree = _startup_module().Tree("this tree", REPO, tmp_path / "work")
+def test_console_script_is_the_lvae_process(tmp_path, benchmark_script):
+    tree = benchmark_script("startup").Tree("this tree", REPO, tmp_path / "work")
     assert tree.script.name == "lvae"
     child = (
         "import runpy, sys\n"

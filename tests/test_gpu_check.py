@@ -2,7 +2,6 @@
 
 The dry run took 27 s on the shared 2-core machine when this test was written.
 """
-import importlib.util
 import json
 import math
 import os
@@ -19,13 +18,6 @@ import lvae
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 STEPS = ("setup", "info", "cuda_tests", "coding", "eval", "train_fp32", "train_amp", "finetune")
-
-
-def load_driver():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dry_run_writes_a_summary_with_every_step(tmp_path):
@@ -79,16 +71,16 @@ def test_bad_arguments_exit_2(tmp_path):
     assert not (tmp_path / "gpu_check.json").exists()
 
 
-def test_pytest_counts_are_read_from_the_last_summary_line():
-    gc = load_driver()
+def test_pytest_counts_are_read_from_the_last_summary_line(benchmark_script):
+    gc = benchmark_script("gpu_check")
     out = "....s\n2 passed in 0.1s\nmore\n=== 3 passed, 1 skipped, 180 deselected, 2 warnings in 12.34s ===\n"
     assert gc.parse_pytest_counts(out) == {"passed": 3, "skipped": 1, "deselected": 180, "warnings": 2}
     assert gc.parse_pytest_counts("1 failed, 1 error in 2.00s") == {"failed": 1, "errors": 1}
     assert gc.parse_pytest_counts("no summary here") == {}
 
 
-def test_training_numbers_leave_out_the_warm_up_window():
-    gc = load_driver()
+def test_training_numbers_leave_out_the_warm_up_window(benchmark_script):
+    gc = benchmark_script("gpu_check")
     log = [{"type": "start", "iteration": 0}]
     log += [{"type": "train", "iteration": i, "loss": 10.0 - i / 100, "it_per_s": 2.0 if i == 50 else 10.0}
             for i in (50, 100, 150)]
@@ -101,8 +93,8 @@ def test_training_numbers_leave_out_the_warm_up_window():
     assert gc.training_numbers([{"type": "start"}], 1.0) == {}
 
 
-def test_large_weights_are_split_into_parts_that_join_back(tmp_path):
-    gc = load_driver()
+def test_large_weights_are_split_into_parts_that_join_back(tmp_path, benchmark_script):
+    gc = benchmark_script("gpu_check")
     blob = os.urandom(2500)
     f = tmp_path / "w.pt"
     f.write_bytes(blob)
@@ -111,8 +103,8 @@ def test_large_weights_are_split_into_parts_that_join_back(tmp_path):
     assert b"".join((tmp_path / p).read_bytes() for p in parts) == blob
 
 
-def test_autocast_is_chosen_only_when_clean_and_faster():
-    gc = load_driver()
+def test_autocast_is_chosen_only_when_clean_and_faster(benchmark_script):
+    gc = benchmark_script("gpu_check")
 
     def choice(fp32, amp):
         check = gc.Check.__new__(gc.Check)
@@ -129,10 +121,8 @@ def test_autocast_is_chosen_only_when_clean_and_faster():
     assert choice({"status": "failed"}, {"status": "ok", "it_per_s": 5.0, "final_loss": 1.0})
 
 
-def test_prepare_gpu_data_holds_out_the_largest_and_keeps_under_the_cap(tmp_path):
-    spec = importlib.util.spec_from_file_location("prepare_gpu_data", REPO / "benchmarks" / "prepare_gpu_data.py")
-    prep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prep)
+def test_prepare_gpu_data_holds_out_the_largest_and_keeps_under_the_cap(tmp_path, benchmark_script):
+    prep = benchmark_script("prepare_gpu_data")
     from PIL import Image
 
     src = tmp_path / "src"
