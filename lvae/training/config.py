@@ -106,8 +106,6 @@ class TrainConfig:
             raise ConfigError(f"--loss_norm must be one of {', '.join(LOSS_NORMS)}, got {self.loss_norm!r}")
         if self.wbmode not in WB_MODES:
             raise ConfigError(f"--wbmode must be one of {', '.join(WB_MODES)}, got {self.wbmode!r}")
-        if self.resume and self.weights:
-            raise ConfigError("--resume and --weights exclude each other (--weights starts a new run)")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"--name must be a plain folder name, got {self.name!r}")
 
@@ -221,11 +219,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, set[str]
         action.default = argparse.SUPPRESS
     explicit = set(_namespace_to_config(vars(parser.parse_args(argv))))
     cfg.validate()
+    # Checked here, not in validate(): a resumed run's saved config keeps the --weights it started from.
+    if cfg.resume and cfg.weights:
+        raise ConfigError("--resume and --weights exclude each other (--weights starts a new run)")
     return cfg, explicit
 
 
 def merge_for_resume(saved: dict[str, Any], cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """The config of a resumed run: the saved one, with the explicitly given flags that may change."""
+    """The config of a resumed run: the saved one, with the explicitly given flags that may change.
+
+    A run started with ``--weights`` keeps that field (where it started); resumed, it takes its
+    weights from ``last.pt``."""
     merged = TrainConfig.from_dict(saved)
     merged.resume = cfg.resume
     for key in sorted(explicit - {"resume"}):

@@ -12,15 +12,28 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import v2
 
+from ..io import load_image
 from ..utils.datasets import IMAGE_EXTENSIONS, list_images, resolve_dataset
 
-__all__ = ["ImageFolderCrops", "ResumableDistributedSampler", "load_rgb", "worker_init"]
+__all__ = ["ImageFolderCrops", "ResumableDistributedSampler", "load_rgb", "has_images", "worker_init"]
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as a writable H×W×3 uint8 array (decoded fully, so a truncated file fails here)."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # np.asarray would be read-only, which torch.from_numpy warns about
+    """An image file as a writable H×W×3 uint8 array, read by :func:`lvae.io.load_image`, the
+    reader of evaluation and of the ``lvae`` command: the EXIF orientation is applied, and gray,
+    16-bit, palette and alpha images become the same RGB pixels there and here. The file is decoded
+    fully, so a truncated one fails here (:class:`lvae.errors.ImageReadError`, a ``ValueError``)."""
+    rgb = load_image(path)[0]  # 3×H×W floats holding 8-bit values (v / 255): the round trip is exact
+    return rgb.mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def has_images(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` or a folder under it holds a file with an image extension; stops at the
+    first one (a cheap check before :class:`ImageFolderCrops` lists them all)."""
+    for _dirpath, _dirs, files in os.walk(os.fspath(folder), followlinks=True):
+        if any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            return True
+    return False
 
 
 class ImageFolderCrops(Dataset[torch.Tensor]):

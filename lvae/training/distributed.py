@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import torch
 import torch.distributed as dist
 
-from .config import TrainingError
+from .config import ConfigError, TrainingError
 
 __all__ = ["DistContext", "setup_distributed", "cleanup_distributed", "under_torchrun"]
 
@@ -93,26 +93,31 @@ def _env_int(name: str) -> int:
 
 
 def _pick_device(requested: str | None, local_rank: int, distributed: bool) -> torch.device:
+    """The training device: ``requested``, or CUDA when there is one and the CPU otherwise.
+
+    A device that was asked for and is not there (``--device cuda`` without CUDA, a GPU index past
+    the last) is a :class:`ConfigError` (exit status 2), raised before anything is built.
+    """
     if requested is None:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ValueError(f"--device {requested!r} is not a device name (use cpu or cuda)") from None
+        raise ConfigError(f"--device {requested!r} is not a device name (use cpu or cuda)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested} was asked for, but CUDA is not available here")
+            raise ConfigError(f"--device {requested} was asked for, but CUDA is not available here (use --device cpu)")
         if distributed:
             if device.index is not None:
-                raise ValueError("under torchrun give --device cuda (LOCAL_RANK picks the GPU), not cuda:N")
+                raise ConfigError("under torchrun give --device cuda (LOCAL_RANK picks the GPU), not cuda:N")
             device = torch.device("cuda", local_rank)
         elif device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if device.index >= torch.cuda.device_count():
-            raise ValueError(f"no CUDA device {device.index}: this node has {torch.cuda.device_count()}")
+            raise ConfigError(f"no CUDA device {device.index}: this node has {torch.cuda.device_count()}")
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"--device {requested!r}: training runs on cpu or cuda")
+        raise ConfigError(f"--device {requested!r}: training runs on cpu or cuda")
     return device
 
 

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from .config import TrainingError
 
-__all__ = ["RunLog", "init_wandb", "require_wandb", "LOG_FILE"]
+__all__ = ["RunLog", "init_wandb", "require_wandb", "check_wandb", "LOG_FILE"]
 
 LOG_FILE = "log.jsonl"
 
@@ -59,6 +61,31 @@ def require_wandb() -> Any:
             "W&B logging needs the wandb package: pip install 'lvae[wandb]' (or use --wbmode disabled)"
         ) from None
     return wandb
+
+
+def _wandb_credentials() -> bool:
+    """Whether W&B finds an API key without asking: ``WANDB_API_KEY``, an identity-token file, or
+    the netrc entry that ``wandb login`` writes for the W&B host (``WANDB_BASE_URL``)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        return netrc.netrc(str(path)).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check_wandb(mode: str) -> None:
+    """Raise :class:`TrainingError` unless W&B can log in ``mode`` (``online`` or ``offline``):
+    the package imports and, online, an API key is configured. Cheap: run it before anything
+    heavy (wandb itself would ask for the key, or fail, only when the run starts)."""
+    require_wandb()
+    if mode == "online" and not _wandb_credentials():
+        raise TrainingError(
+            "W&B online logging needs an API key: run `wandb login` once (or set WANDB_API_KEY), "
+            "or use --wbmode offline"
+        )
 
 
 def init_wandb(

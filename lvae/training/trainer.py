@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -28,8 +29,9 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import LvaeError
-from ..models.registry import load_model
+from ..models.registry import load_model, model_weights
 from ..models.weights import load_checkpoint_state_dict, load_state_dict_strict
+from ..utils.datasets import IMAGE_EXTENSIONS, resolve_dataset
 from .checkpoint import (
     BEST,
     LAST,
@@ -42,22 +44,57 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, TrainingError, merge_for_resume, parse_args
-from .data import ImageFolderCrops, ResumableDistributedSampler, worker_init
+from .data import ImageFolderCrops, ResumableDistributedSampler, has_images, worker_init
 from .distributed import DistContext, cleanup_distributed, setup_distributed
 from .ema import ModelEma
 from .schedule import SpikeGuard, lr_factor
-from .tracking import RunLog, init_wandb, require_wandb
+from .tracking import RunLog, check_wandb, init_wandb
 from .validation import anchor_curve, bd_rate_vs_anchor, evaluate, load_validation_images, validation_lambdas
 
 if TYPE_CHECKING:
     from ..models.qarv import QARV
 
-__all__ = ["Trainer", "param_groups", "cuda_training_flags", "training_loss", "main"]
+__all__ = ["Trainer", "param_groups", "cuda_training_flags", "training_loss", "available_cpus", "format_duration",
+           "main"]
+
+PROG = "train-var-rate.py"
 
 SPIKE_FACTOR = 10.0  # a grad norm above 10× the running median is a spike ...
 SPIKE_WINDOW = 100  # ... of the last 100 norms
 SPIKE_LR_CUT = 0.1  # a spike step runs at a tenth of the lr
 MAX_SKIPPED_IN_A_ROW = 100  # non-finite gradients this many steps in a row: the run has diverged
+# The time per iteration is measured over the steps after the first (which pays for start-up:
+# worker processes, cuDNN's autotuner) and reported, with the time to go, after ETA_STEPS of them
+# or after ETA_MAX_SECONDS, whichever comes first.
+ETA_STEPS = 5
+ETA_MAX_SECONDS = 60.0
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one): the count
+    torch's DataLoader compares ``num_workers`` with."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def format_duration(seconds: float) -> str:
+    """``0.4 s``, ``42 s``, ``17 min``, ``5.3 h``, ``35,000 h (1,458 days)``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours:,.0f} h ({hours / 24:,.0f} days)"
+
+
+def _say(message: str) -> None:
+    """One line on stderr, above the progress bar."""
+    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -138,8 +175,7 @@ class Trainer:
         if cfg.resume:
             cfg, ckpt = self._read_resume_checkpoint(cfg, explicit or set())
         self.cfg = cfg
-        if cfg.amp and ctx.device.type != "cuda":
-            raise ConfigError("--amp needs a CUDA device")
+        self._check_preconditions()  # before anything heavy is built or anything is written
         self._setup_model_and_optimizer(load_weights=ckpt is None)  # a resumed run's weights come from last.pt
         self._setup_data()
         self._setup_validation()
@@ -153,6 +189,68 @@ class Trainer:
         self._reset_window()
 
     # -- set-up steps (in the order __init__ runs them) ----------------------------------------
+    def _check_preconditions(self) -> None:
+        """Check, cheaply and before the model, the data or the run folder are made, everything a
+        run needs (the device itself was checked when it was picked, :func:`setup_distributed`):
+        ``--amp`` on CUDA only, the model name, W&B (when asked for), the run folder (free, or the
+        resumed one, and writable), ``--weights``, the training and validation folders (each with
+        an image). Then say what will not be as asked: data-loading workers beyond the CPUs are cut
+        to their number (one line, instead of torch's warnings), and a default device that fell
+        back to the CPU is named (one line: training will be slow)."""
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.amp and ctx.device.type != "cuda":
+            raise ConfigError("--amp needs a CUDA device")
+        model_weights(cfg.model)  # an unknown name raises here, with the known ones
+        # rank 0 alone writes the run folder and talks to W&B; under torchrun its failure stops every rank
+        self._planned_run_dir = Path(ctx.run_on_primary(self._check_outputs))
+        if cfg.weights and self.resume_path is None and not Path(cfg.weights).expanduser().is_file():
+            raise FileNotFoundError(f"--weights {cfg.weights}: no such checkpoint file")
+        for folder, what in ((cfg.trainset, "training"), (cfg.valset, "validation")):
+            if what == "validation" and folder.lower() == "none":
+                continue
+            found = resolve_dataset(folder)
+            if not has_images(found):
+                raise ValueError(
+                    f"no {what} images in {found} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
+                )
+        cpus = available_cpus()
+        self.workers = min(cfg.workers, cpus)
+        if not ctx.is_primary:
+            return
+        if self.workers < cfg.workers:
+            _say(f"--workers {cfg.workers} is more than the {cpus} CPU(s) this process may use: "
+                 f"loading data with {self.workers} worker process(es)")
+        if cfg.device is None and ctx.device.type == "cpu":
+            _say("no CUDA device here, so training runs on the CPU, many times slower than on a GPU "
+                 "(the time per iteration follows after the first steps; --device cpu chooses the CPU "
+                 "without this note)")
+
+    def _check_outputs(self) -> str:
+        """Rank 0: W&B can log (if asked), and the run folder can be written; return its path.
+
+        A new run's folder must not exist (an existing run is continued with ``--resume`` only)
+        and must be creatable; nothing is created here."""
+        cfg = self.cfg
+        if cfg.wbmode != "disabled":
+            check_wandb(cfg.wbmode)
+        if self.resume_path is not None:
+            run_dir = self.resume_path.parent
+            if not os.access(run_dir, os.W_OK | os.X_OK):
+                raise ValueError(f"cannot continue the run in {run_dir}: the folder is not writable")
+            return str(run_dir)
+        name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.runs_dir) / name
+        if run_dir.exists() or run_dir.is_symlink():
+            raise ValueError(f"run folder {run_dir} exists: continue it with --resume {name}, or pick another --name")
+        ancestor = run_dir.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ValueError(f"cannot create the run folder {run_dir}: {ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot create the run folder {run_dir}: {ancestor} is not writable")
+        return str(run_dir)
+
     def _read_resume_checkpoint(self, cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
         """Find and read ``last.pt`` (sets :attr:`resume_path`); return the merged config and the checkpoint."""
         resume_path = self.resume_path = find_resume_checkpoint(cast(str, cfg.resume), cfg.runs_dir)
@@ -202,10 +300,10 @@ class Trainer:
             self.dataset,
             batch_size=cfg.batch_size,
             sampler=self.sampler,
-            num_workers=cfg.workers,
+            num_workers=self.workers,  # --workers, at most the CPUs (_check_preconditions)
             pin_memory=ctx.device.type == "cuda",
             drop_last=True,
-            persistent_workers=cfg.workers > 0,
+            persistent_workers=self.workers > 0,
             worker_init_fn=worker_init,
             generator=self.loader_generator,
         )
@@ -265,6 +363,7 @@ class Trainer:
             **cfg.to_dict(),
             "world_size": self.ctx.world_size,
             "global_batch": cfg.batch_size * cfg.accum_num * self.ctx.world_size,
+            "data_workers": self.workers,
             "model_config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
             "val_lambdas": self.val_lmbs,
             "best_metric": self.best["metric"],
@@ -275,18 +374,14 @@ class Trainer:
     def _prepare_run(self) -> str:
         """Rank 0: create (or, resuming, reuse) the run folder, write the resolved config, open the logs."""
         cfg = self.cfg
-        if cfg.wbmode != "disabled":
-            require_wandb()  # before anything is written
-        if self.resume_path is not None:
-            run_dir = self.resume_path.parent
-        else:
-            name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run_dir = Path(cfg.runs_dir) / name
-            if run_dir.exists():
+        run_dir = self._planned_run_dir  # checked by _check_outputs
+        if self.resume_path is None:
+            try:
+                run_dir.mkdir(parents=True)
+            except FileExistsError:  # made since the check
                 raise ValueError(
-                    f"run folder {run_dir} exists: continue it with --resume {name}, or pick another --name"
-                )
-            run_dir.mkdir(parents=True)
+                    f"run folder {run_dir} exists: continue it with --resume {run_dir.name}, or pick another --name"
+                ) from None
         cfg.name = run_dir.name
         (run_dir / "config.json").write_text(json.dumps(self._resolved_config(), indent=2) + "\n")
         wb = None
@@ -519,6 +614,32 @@ class Trainer:
             sig, late = (int(v) for v in t.tolist())
         return sig, bool(late)
 
+    def _announce(self) -> None:
+        """Rank 0: the line that opens the run (what trains, where, how much)."""
+        cfg, ctx = self.cfg, self.ctx
+        n_params = sum(p.numel() for p in self.model.parameters())
+        batch = cfg.batch_size * cfg.accum_num * ctx.world_size
+        parts = f" = {ctx.world_size} processes × {cfg.batch_size}" if ctx.world_size > 1 else ""
+        if cfg.accum_num > 1:
+            parts += f"{' × ' if parts else f' = {cfg.batch_size} × '}{cfg.accum_num} accumulated"
+        span = (f"iterations {self.iteration:,} to {cfg.iterations:,}" if self.iteration
+                else f"{cfg.iterations:,} iterations")
+        verb = "continuing" if self.resume_path is not None else "training"
+        _say(f"{verb} {cfg.model} ({n_params:,} parameters) on {ctx.device}: batch {batch}{parts}, {span}, "
+             f"run folder {self.run_dir}")
+
+    def _report_speed(self, s_per_iteration: float, steps: int) -> None:
+        """Rank 0: the measured time per iteration and the time the remaining iterations will take."""
+        remaining = self.cfg.iterations - self.iteration
+        eta = s_per_iteration * remaining
+        if self.log is None:
+            return
+        self.log.write("speed", self.iteration, s_per_iteration=s_per_iteration, steps=steps, remaining=remaining,
+                       eta_s=eta, device=str(self.ctx.device))
+        _say(f"{s_per_iteration:.3g} s per iteration on {self.ctx.device} (measured over {steps} step(s)): "
+             f"about {format_duration(eta)} for the remaining {remaining:,} iterations "
+             "(validation and checkpoints come on top)")
+
     def run(self) -> int:
         """Train to ``cfg.iterations`` (or until ``--max_minutes``); return 0, or 128 + signal number
         when stopped by a signal."""
@@ -529,17 +650,28 @@ class Trainer:
                            "nothing to do", file=sys.stderr)
                 self.log.close()
             return 0
+        if self.log is not None:
+            self._announce()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         pbar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.ctx.is_primary,
                     desc=self.run_dir.name, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
         batches = self._batches()
         self._reset_window()
+        first = self.iteration
+        timed: list[float] | None = []  # durations of the steps after the first, until the speed is reported
         try:
             while self.iteration < cfg.iterations:
+                started = time.perf_counter()
                 with cuda_training_flags(self.ctx.device):
-                    self.train_step(batches)
+                    self.train_step(batches)  # data loading included; it syncs with the device (the norm)
                 self.iteration += 1
                 pbar.update(1)
+                if timed is not None and self.iteration > first + 1:
+                    timed.append(time.perf_counter() - started)
+                    if len(timed) >= ETA_STEPS or sum(timed) >= ETA_MAX_SECONDS:
+                        if self.iteration < cfg.iterations:
+                            self._report_speed(sum(timed) / len(timed), len(timed))
+                        timed = None
                 last = self.iteration == cfg.iterations
                 sig, late = self._stop_request()
                 late = late and not last and not sig

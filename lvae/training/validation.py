@@ -47,11 +47,11 @@ def load_validation_images(valset: str) -> list[torch.Tensor]:
     images = []
     for path in files:
         try:
-            arr = load_rgb(path)
-        except OSError as exc:
+            arr = load_rgb(path)  # the reader of evaluation (EXIF orientation, modes)
+        except (OSError, ValueError) as exc:
             warnings.warn(f"skipping unreadable validation image {path}: {exc}", RuntimeWarning, stacklevel=2)
             continue
-        images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1)[None])
+        images.append(torch.from_numpy(arr).permute(2, 0, 1)[None])
     if not images:
         raise ValueError(f"none of the validation images in {folder} could be read")
     return images
