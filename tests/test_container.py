@@ -302,6 +302,10 @@ def test_v1_lengths_must_account_for_every_byte():
     forged = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
     with pytest.raises(BitstreamError, match="invalid or truncated list of string lengths"):
         bitstream.unpack(forged)
+    body = good[:-4] + b"\x00\x00"  # two bytes after the strings, under a valid CRC
+    forged = body + struct.pack("<I", zlib.crc32(body))
+    with pytest.raises(BitstreamError, match="string lengths add up to 134 bytes but the file holds 136"):
+        bitstream.parse(forged)
 
 
 # -- the authors' layout -------------------------------------------------------------------------
