@@ -19,8 +19,8 @@ git revision REV (``git archive`` into a temporary folder; a folder holding an `
 works too). Each variant runs in its own subprocess with ``PYTHONPATH`` at its tree; the
 subprocesses take turns call by call (old, new, old, new, ...) so that a machine whose load changes
 affects all alike. Printed: medians, min/max and each variant's speed-up ``REV median / variant
-median``. When this tree's QARV has ``set_encoder_precision``, it is also timed with the bfloat16
-encoder ("new, bf16 encoder"). When REV's ``lvae.models.qarv`` has ``CODING_THREADS`` (coding
+median``. Where this tree's QARV runs its bfloat16 encoder (AVX-512 BF16 or AMX), it is also timed
+with it ("new, bf16 encoder"). When REV's ``lvae.models.qarv`` has ``CODING_THREADS`` (coding
 pinned to one CPU thread), REV is timed as it is and with ``CODING_THREADS = None`` (all threads),
 separating the thread gain from the rest.
 
@@ -439,7 +439,7 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
         common = ([image] if image else []) + ([f"--lmb={lmb!r}"] if lmb is not None else [])
         old_tree = export_revision(rev, tmp) if rev is not None else None
         ours_first = [Worker("new (this tree)", ROOT, common)]
-        if hasattr(lvae.get_model("qarv_tiny"), "set_encoder_precision"):
+        if "bfloat16" in lvae.get_model("qarv_tiny").encoder_precisions():  # AVX-512 BF16 or AMX
             ours_first.append(Worker("new, bf16 encoder", ROOT, common + ["--bf16-encoder"]))
         workers[:0] = ours_first
         if rev is not None and old_tree is not None:

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import BitstreamError, CheckpointError, ImageReadError, LvaeError, WeightsUnavailableError
+from .errors import (
+    BitstreamError,
+    CheckpointError,
+    ImageReadError,
+    LvaeError,
+    PrecisionUnavailableError,
+    WeightsUnavailableError,
+)
 from .models import get_model, list_models, register_model
 
 __all__ = [
@@ -20,6 +27,7 @@ __all__ = [
     "BitstreamError",
     "CheckpointError",
     "ImageReadError",
+    "PrecisionUnavailableError",
     "WeightsUnavailableError",
 ]
 

@@ -1,7 +1,8 @@
 """Exception types that callers may need to tell apart."""
 from __future__ import annotations
 
-__all__ = ["LvaeError", "CheckpointError", "WeightsUnavailableError", "BitstreamError", "ImageReadError"]
+__all__ = ["LvaeError", "CheckpointError", "WeightsUnavailableError", "BitstreamError", "ImageReadError",
+           "PrecisionUnavailableError"]
 
 
 class LvaeError(Exception):
@@ -22,3 +23,8 @@ class BitstreamError(LvaeError, ValueError):
 
 class ImageReadError(LvaeError, ValueError):
     """A file that should be an image cannot be read as one."""
+
+
+class PrecisionUnavailableError(LvaeError, ValueError):
+    """A reduced-precision encoder was asked for where it cannot run (e.g. bfloat16 on a CPU whose
+    oneDNN has no bfloat16 linears, or on a GPU): the model keeps its float32 encoder."""

@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lvae
 from lvae.io import load_image
@@ -23,6 +25,11 @@ from lvae.models import layers
 DATA = Path(__file__).parent / "data"
 WORKER = Path(__file__).parent / "tools" / "portable_worker.py"
 KODAK3 = sorted((DATA / "kodak3").glob("*.png"))
+
+
+# The bfloat16 encoder runs where oneDNN computes bfloat16 linears (AVX-512 BF16 or AMX); elsewhere
+# (AVX2-only CPUs, ONEDNN_MAX_CPU_ISA=AVX2) it is refused up front: see the tests at the end.
+needs_bf16 = pytest.mark.skipif(not layers.bf16_mlps_supported(), reason="this CPU runs no bfloat16 linears")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,7 @@ def test_precision_is_checked(small):
     assert small.encoder_precision == "float32"
 
 
+@needs_bf16
 def test_only_the_encoder_side_runs_in_bfloat16(small, bf16_calls):
     im = load_image(KODAK3[0])[..., :192, :256]
     small.set_encoder_precision("bfloat16")
@@ -76,6 +84,7 @@ def test_float32_is_untouched(small, bf16_calls):
     assert before == again and bf16_calls == []
 
 
+@needs_bf16
 def test_rate_and_quality_match_the_float32_encoder(small):
     """Three Kodak images at three λ: file sizes within 1 %, PSNR within 0.05 dB."""
     for path in KODAK3:
@@ -91,6 +100,7 @@ def test_rate_and_quality_match_the_float32_encoder(small):
             assert abs(dq) < 0.05, (path.name, lmb, dq)
 
 
+@needs_bf16
 def test_files_decode_under_other_arithmetic(tmp_path):
     """Encoded with the bfloat16 encoder in one process; decoded in another limited to AVX2 with
     oneDNN off: every image as the encoder's own decode (tests/tools/portable_worker.py)."""
@@ -106,12 +116,87 @@ def test_files_decode_under_other_arithmetic(tmp_path):
     assert summary["files"] == 6 and summary["corrupted"] == []
 
 
+@needs_bf16
 def test_command_line_flag(tmp_path):
     src = KODAK3[2]
     out = tmp_path / "a.lvae"
     proc = subprocess.run([sys.executable, "-m", "lvae", "compress", str(src), "-o", str(out), "--bf16-encoder",
                            "--lmb", "100"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "bfloat16" not in proc.stderr  # no warning where it runs
     decoded = lvae.get_model("qarv_small", pretrained=True).eval().decompress(out.read_bytes())
     assert decoded.shape == load_image(src).shape
     assert torch.isfinite(decoded).all()
+
+
+# -- where bfloat16 does not run ------------------------------------------------------------------
+def test_unsupported_precision_is_refused_up_front(monkeypatch):
+    """Without bfloat16 linears the model refuses the precision at once and keeps float32 (it used
+    to accept it, fail in the first block and switch itself off for the process, silently)."""
+    from lvae.models import qarv
+
+    model = lvae.get_model("qarv_tiny").eval()
+    monkeypatch.setattr(qarv, "bf16_mlps_supported", lambda device="cpu": False)
+    assert model.encoder_precisions() == ("float32",)
+    with pytest.raises(lvae.PrecisionUnavailableError, match="bfloat16 encoder does not run on this CPU"):
+        model.set_encoder_precision("bfloat16")
+    assert model.encoder_precision == "float32"
+    model.set_encoder_precision("float32")  # always accepted
+
+
+def test_encoding_never_switches_arithmetic_midway(monkeypatch):
+    """A model set to bfloat16 that is then asked to encode where bfloat16 does not run raises
+    before coding anything."""
+    from lvae.models import qarv
+
+    model = lvae.get_model("qarv_tiny").eval()
+    model.encoder_precision = "bfloat16"  # as if set on a machine (or device) where it ran
+    monkeypatch.setattr(qarv, "bf16_mlps_supported", lambda device="cpu": False)
+    with pytest.raises(lvae.PrecisionUnavailableError):
+        model.compress(torch.rand(1, 3, 64, 64), lmb=100)
+
+
+def test_probe_follows_onednn_isa_limit():
+    """With oneDNN limited to AVX2 (no bfloat16 instructions) the probe says no, and the model
+    offers float32 only: what an AVX2-only CPU (e.g. AMD EPYC before Zen 4) gets."""
+    code = ("import lvae; from lvae.models import layers; m = lvae.get_model('qarv_tiny');"
+            "print(layers.bf16_mlps_supported(), m.encoder_precisions())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "('float32',)"]
+
+
+def test_command_line_flag_without_bfloat16_says_so_and_encodes_in_float32(tmp_path):
+    """`lvae compress --bf16-encoder` on a CPU without bfloat16: one warning line, and the file is
+    the float32 encoder's, byte for byte."""
+    src = KODAK3[2]
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    cmd = [sys.executable, "-m", "lvae", "compress", str(src), "--lmb", "100"]
+    fast = subprocess.run([*cmd, "-o", str(tmp_path / "a.lvae"), "--bf16-encoder"], capture_output=True, text=True,
+                          env=env)
+    assert fast.returncode == 0, fast.stderr
+    warnings = [line for line in fast.stderr.splitlines() if "bfloat16" in line]
+    assert len(warnings) == 1 and "float32" in warnings[0], fast.stderr
+    plain = subprocess.run([*cmd, "-o", str(tmp_path / "b.lvae")], capture_output=True, text=True, env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert (tmp_path / "a.lvae").read_bytes() == (tmp_path / "b.lvae").read_bytes()
+
+
+def test_evaluation_records_the_precision_that_ran(tmp_path, monkeypatch, capsys):
+    """eval --bf16_encoder where bfloat16 does not run: one warning line, and the result does not
+    claim a bfloat16 encoder."""
+    from lvae.cli.evaluate import main
+    from lvae.models import qarv
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    monkeypatch.setattr(qarv, "bf16_mlps_supported", lambda device="cpu": False)
+    out = tmp_path / "r.json"
+    rc = main(["--model", "qarv_tiny", "--weights", "random", "--dataset_name", str(folder), "--steps", "1",
+               "--device", "cpu", "--output", str(out), "--no_progress", "--bf16_encoder"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert sum("bfloat16" in line for line in err.splitlines()) == 1, err
+    assert "encoder-precision" not in json.loads(out.read_text())

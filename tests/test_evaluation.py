@@ -42,6 +42,10 @@ def test_lambda_sweep_matches_the_published_lambdas():
     # The published values were stored in float32.
     assert ours == pytest.approx(published, rel=1e-6)
     assert lambda_sweep(16, 2048, 1) == [16.0]
+    for steps in (2, 3, 16, 40):  # the ends are the given values exactly (not exp(log(x)), CPU-dependent)
+        sweep = lambda_sweep(16, 2048, steps)
+        assert (sweep[0], sweep[-1]) == (16.0, 2048.0) and len(sweep) == steps
+    assert lambda_sweep(0.1, 0.7, 5)[::4] == [0.1, 0.7]
     with pytest.raises(ValueError):
         lambda_sweep(100, 10)
     with pytest.raises(ValueError):
@@ -126,7 +130,8 @@ def test_model_end_to_end_bpp_is_the_file_size(tmp_path, clean_tmp):
         rec = model.decompress(data)
         assert row["psnr"] == pytest.approx(psnr(im, _quantized(rec)), abs=1e-5)
         assert row["mse"] == pytest.approx(10 ** (-row["psnr"] / 10), rel=1e-9)
-    assert report["results"]["bpp"][0] == pytest.approx(np.mean([r["bpp"] for r in rows if r["lmb"] == 16.0]))
+    first = [r["bpp"] for r in rows if r["lmb"] == report["lambdas"][0]]
+    assert len(first) == 3 and report["results"]["bpp"][0] == pytest.approx(np.mean(first))
 
 
 @pytest.mark.parametrize("codec", ["webp", "avif"])
@@ -181,10 +186,12 @@ def test_bad_arguments_give_one_line(tmp_path, monkeypatch, capsys):
     assert main(["--model", "qarv_tiny", "--model_args", "{oops", "--dataset_name", str(KODAK3)]) == 1
     assert "cannot parse model arguments" in _error_line(capsys)
 
-    assert main(["--model", "qarv_tiny", "--model_args", "no_such_arg=1", "--dataset_name", str(KODAK3)]) == 1
+    assert main(["--model", "qarv_tiny", "--weights", "random", "--model_args", "no_such_arg=1",
+                 "--dataset_name", str(KODAK3)]) == 1
     assert "bad model arguments for 'qarv_tiny'" in _error_line(capsys)
 
-    assert main(["--model", "qarv_tiny", "--lmb_range", "1", "100", "--dataset_name", str(KODAK3)]) == 1
+    assert main(["--model", "qarv_tiny", "--weights", "random", "--lmb_range", "1", "100",
+                 "--dataset_name", str(KODAK3)]) == 1
     assert "outside the model's range" in _error_line(capsys)
 
     assert main(["--model", "qarv_tiny", "--weights", str(tmp_path / "none.pt"), "--dataset_name", str(KODAK3)]) == 1

@@ -23,4 +23,8 @@ def lambda_sweep(low: float, high: float, steps: int = DEFAULT_STEPS) -> list[fl
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps == 1:
         return [float(low)]
-    return [float(v) for v in np.exp(np.linspace(math.log(low), math.log(high), steps))]
+    values = [float(v) for v in np.exp(np.linspace(math.log(low), math.log(high), steps))]
+    # exp(log(x)) is x only up to the last bit, and that bit differs between numpy's AVX2 and
+    # AVX-512 code: the ends are the given values exactly, on every CPU.
+    values[0], values[-1] = float(low), float(high)
+    return values

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 from collections.abc import Iterator
 
@@ -23,6 +24,8 @@ __all__ = [
     "patch_upsample",
     "FeatureMark",
     "DecoderStopMark",
+    "bf16_mlps",
+    "bf16_mlps_supported",
 ]
 
 
@@ -80,7 +83,6 @@ class Mlp(nn.Module):
 _MLP_CHUNK_BYTES = 24 << 20
 _MLP_CHUNK_ROWS = 8192
 _ONEDNN_FUSED = [True]
-_ONEDNN_BF16 = [True]
 
 # bfloat16 MLPs (oneDNN; AMX on recent Intel CPUs), for what only an encoder computes: see
 # :func:`bf16_mlps`. The residual stream, LayerNorm and depthwise convolutions stay float32.
@@ -100,6 +102,27 @@ def bf16_mlps(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _BF16_MLPS.reset(token)
+
+
+@functools.cache
+def _bf16_linears_run() -> bool:
+    """oneDNN runs bfloat16 linears (with the GELU post-op the MLPs use) on this CPU: it needs
+    AVX-512 with bfloat16 instructions or AMX (``ONEDNN_MAX_CPU_ISA`` may lower what it uses)."""
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+        x = torch.ones(4, 8, dtype=torch.bfloat16)
+        w = torch.ones(16, 8, dtype=torch.bfloat16)
+        out = torch.ops.mkldnn._linear_pointwise(x, w, torch.zeros(16, dtype=torch.bfloat16), "gelu", [], "none")
+        return out.shape == (4, 16) and bool(torch.isfinite(out.float()).all())
+    except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+        return False
+
+
+def bf16_mlps_supported(device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`bf16_mlps` runs the MLPs in bfloat16 on ``device``: CPU inference on a CPU
+    whose oneDNN computes bfloat16 linears (checked once per process by running one)."""
+    return torch.device(device).type == "cpu" and _ONEDNN_FUSED[0] and _bf16_linears_run()
 
 
 def _onednn_fused_ok(x: torch.Tensor) -> bool:
@@ -155,11 +178,10 @@ class ConvNeXtBlockAdaLN(nn.Module):
             h = F.layer_norm(h, (self.dim,), eps=1e-6)
             h = torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :])
         if _onednn_fused_ok(h):
-            if _BF16_MLPS.get() and _ONEDNN_BF16[0]:
-                try:
-                    return self._mlp_residual_bf16(h, x)
-                except (RuntimeError, NotImplementedError, TypeError):
-                    _ONEDNN_BF16[0] = False  # no bfloat16 linears in this build: float32 from now on
+            if _BF16_MLPS.get():
+                # NOTE: no fallback here: QARV.set_encoder_precision refuses bfloat16 where
+                # bf16_mlps_supported() is False, so an encode never switches arithmetic midway.
+                return self._mlp_residual_bf16(h, x)
             try:
                 return self._mlp_residual_onednn(h, x)
             except (RuntimeError, AttributeError, NotImplementedError, TypeError):

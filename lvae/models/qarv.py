@@ -22,12 +22,14 @@ from ..coding.codec import CompressionMixin
 from ..coding.determinism import coding_arithmetic
 from ..coding.gaussian import DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
+from ..errors import PrecisionUnavailableError
 from .layers import (
     ConvNeXtBlockAdaLN,
     DecoderStopMark,
     FeatureMark,
     LambdaEmbedding,
     bf16_mlps,
+    bf16_mlps_supported,
     patch_downsample,
     patch_upsample,
 )
@@ -37,6 +39,11 @@ __all__ = ["QARVConfig", "LatentVariableBlock", "QARV", "MAX_STRIDE", "ENCODER_P
 LOG2_E = math.log2(math.e)
 ENCODER_PRECISIONS = ("float32", "bfloat16")
 MAX_STRIDE = 64  # the total down-sampling of the encoder: image sides must be multiples of it
+
+
+def _bf16_unavailable(device: torch.device) -> str:
+    where = "a GPU" if device.type != "cpu" else "this CPU (oneDNN computes no bfloat16 linears on it)"
+    return f"the bfloat16 encoder does not run on {where}"
 
 
 @dataclass(frozen=True)
@@ -410,11 +417,26 @@ class QARV(CompressionMixin, nn.Module):
         file made with ``"bfloat16"`` decodes exactly as any other on every machine. On CPUs with
         bfloat16 matrix units (AMX) encoding is about 1.6× faster; the files differ from the
         float32 encoder's by a few bytes and ±0.01 dB (docs/speed.md has the measurements).
+
+        Where bfloat16 does not run (:meth:`encoder_precisions`: a CPU without AVX-512 BF16 or AMX,
+        a GPU) it raises :class:`lvae.PrecisionUnavailableError` and the encoder stays float32.
         """
         if precision not in ENCODER_PRECISIONS:
             raise ValueError(f"encoder precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {precision!r}")
+        if precision not in self.encoder_precisions():
+            raise PrecisionUnavailableError(_bf16_unavailable(self._device()) + "; the encoder stays float32")
         self.encoder_precision = precision
         return self
+
+    def encoder_precisions(self) -> tuple[str, ...]:
+        """``("float32", "bfloat16")`` where the bfloat16 encoder runs (CPU inference with oneDNN's
+        bfloat16 linears: AVX-512 BF16 or AMX), else ``("float32",)``."""
+        if bf16_mlps_supported(self._device()):
+            return ENCODER_PRECISIONS
+        return ("float32",)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def compress_mode(self, enabled: bool = True) -> QARV:
         """Fill (``True``) the entropy-coder buffers of the state dict with the canonical CDF tables.
@@ -441,6 +463,10 @@ class QARV(CompressionMixin, nn.Module):
         grid = (h // self.max_stride, w // self.max_stride)
         last = self.latent_blocks[-1]  # encoding stops at the DecoderStopMark right after it
         bf16 = self.encoder_precision == "bfloat16"
+        if bf16 and not bf16_mlps_supported(im.device):  # e.g. moved to a GPU after it was set
+            raise PrecisionUnavailableError(
+                _bf16_unavailable(im.device) + "; set_encoder_precision('float32') to encode here"
+            )
         with coding_arithmetic(im.device):
             emb = self.lmb_embedding(lmb_t)
             with bf16_mlps(bf16):
