@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "lvae"
 
 # Lower layers never import higher ones; a module may import its own layer.
 LAYERS = [
-    ("utils", ["lvae.errors", "lvae.utils"]),
+    ("utils", ["lvae.errors", "lvae.utils", "lvae.paths"]),
     ("io", ["lvae.io", "lvae.metrics"]),
     ("coding", ["lvae.coding", "lvae.bitstream", "lvae.codec"]),
     ("models", ["lvae.models", "lvae"]),  # the root package exposes the model registry

@@ -337,9 +337,10 @@ def test_ctrl_c_while_decoding_leaves_only_whole_images(work, small, tmp_path):
         time.sleep(0.01)  # the first of the 8 prefixes is written: interrupt the others
     rc, err = child.interrupt()
     assert rc == 0 or (rc, err) == (130, ["lvae: interrupted"]), (rc, err[-20:])
-    for p in out.iterdir():  # whatever was written is whole
+    for p in out.iterdir():  # whatever was written is whole, and its line was printed (issue 25)
         assert re.fullmatch(r"p-k\d\.png", p.name), p.name
         Image.open(p).load()
+        assert f" -> {p}: " in child.out, (p.name, child.out)
 
 
 # -- the library does the same (in-process) ---------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .common import reports_errors, standalone
+from .common import reports_errors, standalone, write_line
 
 __all__ = ["HELP", "DESCRIPTION", "PROG_NAME", "add_arguments", "run", "main"]
 
@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append((str(anchor.get("name") or path), compare(test, anchor)))
     name = str(test.get("name") or args.test)
     width = max(len("anchor"), *(len(r[0]) for r in rows))
-    print(f"BD-rate of {name} (PSNR RGB):")
-    print(f"{'anchor':<{width}}  {'BD-rate':>9}  shared PSNR range")
-    for label, r in rows:
-        print(f"{label:<{width}}  {r['bd-rate']:>+8.2f}%  {r['psnr-low']:.2f}–{r['psnr-high']:.2f} dB")
+    lines = [f"BD-rate of {name} (PSNR RGB):", f"{'anchor':<{width}}  {'BD-rate':>9}  shared PSNR range"]
+    lines += [f"{label:<{width}}  {r['bd-rate']:>+8.2f}%  {r['psnr-low']:.2f}–{r['psnr-high']:.2f} dB"
+              for label, r in rows]
+    write_line("\n".join(lines))
     return 0
 
 

@@ -8,14 +8,20 @@ from typing import TYPE_CHECKING
 
 from ..bitstream import read_header, truncate
 from ..errors import BitstreamError
+from . import interrupt
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    IMAGE_LVAE_WROTE,
     Models,
     Outputs,
     add_model_options,
     add_output_options,
     check_input,
+    claim_output,
+    coded_by_lvae,
+    figure_path,
+    make_folder,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -23,11 +29,14 @@ from .common import (
     report_error,
     run_files,
     same_file,
+    use_bf16_encoder,
     warn,
+    write_line,
     written_by_lvae,
 )
 
 if TYPE_CHECKING:
+    from ..coding.codec import CompressionMixin
     from ..io import ImageFormat
 
 __all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "add_parsers"]
@@ -48,7 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(or in --out-dir). Existing outputs are kept unless --force is given.",
     )
     c.add_argument("images", nargs="+", metavar="IMAGE")
-    add_output_options(c, ".lvae")
+    add_output_options(c, "<image stem>.lvae (.bits with --format legacy)")
     rate = c.add_mutually_exclusive_group()
     rate.add_argument("--lmb", type=positive_float, metavar="X",
                       help="rate-distortion trade-off λ (default: the model's default)")
@@ -86,7 +95,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "one recorded in the file.",
     )
     d.add_argument("files", nargs="+", metavar="FILE")
-    add_output_options(d, ".png (or the --format's suffix)")
+    add_output_options(d, "<input name>.png (photo.lvae -> photo.lvae.png; the --format's suffix instead of .png)")
     d.add_argument("--format", dest="image_format", metavar="FMT",
                    help="image format: png (default), bmp, tiff, ppm, pgm, webp (lossless unless --quality), "
                    "jpeg or avif (lossy: need --quality); default: the suffix of -o, else png")
@@ -99,8 +108,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="write one image per prefix: <output stem>-k<K><suffix> for K = 0 ... the strings held")
     d.add_argument("--ignore-weights-mismatch", action="store_true",
                    help="decode a file made with other weights of its model anyway (usually a wrong image)")
-    d.add_argument("--figure", metavar="PNG",
-                   help="with --progressive: also draw every prefix, with its bpp, in one figure")
+    d.add_argument("--figure", metavar="FIG", type=figure_path,
+                   help="with --progressive: also draw every prefix, with its bpp, in one figure "
+                   "(PNG, PDF or SVG, as its suffix says)")
     add_model_options(d, "refuse files not made by this model (default: the model the file names)")
 
     t = sub.add_parser(
@@ -110,8 +120,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(decoded, it gives `decompress --latents K` of the whole file, bit for bit).",
     )
     t.add_argument("file", metavar="FILE")
-    t.add_argument("-o", "--output", metavar="OUT", required=True, help="output file")
-    t.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    t.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="output file (its folder is created if needed)")
+    t.add_argument("-f", "--force", action="store_true", help="overwrite an existing output (never the input)")
     size = t.add_mutually_exclusive_group(required=True)
     size.add_argument("--latents", type=nonnegative_int, metavar="K", help="keep the first K latent strings")
     size.add_argument("--bytes", type=positive_int, metavar="N", help="keep the longest prefix whose file fits N bytes")
@@ -132,13 +143,15 @@ def compress(args: argparse.Namespace) -> int:
     models = Models(args.weights, args.device)
     outputs = Outputs(args.output, args.out_dir, SUFFIXES[args.format], args.force)
     model_name = compress_model_name(args)
+    bf16_pending = [args.bf16_encoder]  # settled once, on the model's first load
 
     def job(src: Path) -> str:
         check_input(src)
         out = outputs.path_for(src)
         model = models.get(model_name)
-        if args.bf16_encoder:
-            model.set_encoder_precision("bfloat16")
+        if bf16_pending[0]:
+            use_bf16_encoder(model)  # or one warning line and float32
+            bf16_pending[0] = False
         res = model.compress_file(
             src,
             out,
@@ -160,23 +173,28 @@ def compress(args: argparse.Namespace) -> int:
     return run_files(args.images, "compress", job)
 
 
-def refuse_existing(path: Path, force: bool) -> None:
-    """An existing output is replaced only with --force, which is advised only for lvae's own images."""
-    if path.exists() and not force:
-        if not written_by_lvae(path):
-            raise FileExistsError(f"the output {path} exists and is not an image lvae wrote; "
-                                  "choose another name with -o or --out-dir")
-        raise FileExistsError(f"the output {path} exists; pass --force to overwrite it")
+def decode(model: CompressionMixin, data: bytes, num_latents: int | None, ignore_weights_mismatch: bool):
+    """``model.decompress``, its advice on other weights given in the command's terms."""
+    try:
+        return model.decompress(data, num_latents=num_latents, ignore_weights_mismatch=ignore_weights_mismatch)
+    except BitstreamError as exc:
+        text = str(exc)
+        if "ignore_weights_mismatch" not in text:
+            raise
+        head = text.split("; decode it with", 1)[0]
+        raise BitstreamError(f"{head}; decode it with the weights that made it (--weights FILE), or pass "
+                             "--ignore-weights-mismatch to decode it anyway (usually a wrong image)") from None
 
 
 def decompress(args: argparse.Namespace) -> int:
-    from ..io import atomic_output, check_writable, save_image, tensor_to_image
+    from ..eval.plot import figure_written_by_lvae
+    from ..io import save_image, tensor_to_image
 
     fmt: ImageFormat = args.image_format_resolved
     models = Models(args.weights, args.device)
     outputs = Outputs(args.output, args.out_dir, fmt.suffix, args.force, keep_name=True)
 
-    def job(src: Path) -> str:
+    def job(src: Path) -> str | None:
         check_input(src)
         out = outputs.path_for(src)
         data = src.read_bytes()
@@ -193,34 +211,34 @@ def decompress(args: argparse.Namespace) -> int:
                 raise BitstreamError("the authors' layout cannot be decoded progressively; it holds no prefixes")
             paths = [out.with_name(f"{out.stem}-k{k}{out.suffix}") for k in range(header.num_strings + 1)]
             for path in paths:  # all checked before decoding any
-                refuse_existing(path, args.force)
+                claim_output(path, args.force, written_by_lvae, IMAGE_LVAE_WROTE, "-o or --out-dir")
             figure = Path(args.figure) if args.figure else None
             if figure is not None:
-                if figure.exists() and not args.force:
-                    raise FileExistsError(f"the figure {figure} exists; choose another name for --figure")
-                figure.parent.mkdir(parents=True, exist_ok=True)
-                check_writable(figure)
+                claim_output(figure, args.force, figure_written_by_lvae, "a figure", "--figure")
             model = models.get(made_by)
-            lines, shown, labels = [], [], []
+            shown, labels = [], []
             for k, path in enumerate(paths):
                 prefix_bytes = len(truncate(data, k))
-                img = model.decompress(data, num_latents=k, ignore_weights_mismatch=args.ignore_weights_mismatch)
-                saved = save_image(img, path, format=fmt.name, quality=fmt.quality)
+                img = decode(model, data, k, args.ignore_weights_mismatch)
+                # Each line is printed as soon as its image is written; Ctrl-C waits for the pair,
+                # so that every image on disk has had its line.
+                with interrupt.deferred():
+                    saved = save_image(img, path, format=fmt.name, quality=fmt.quality)
+                    write_line(f"{src} -> {path}: {k} of {header.num_latents} latents, {prefix_bytes} bytes, "
+                               f"{8 * prefix_bytes / pixels:.4f} bpp, {saved.describe()}")
                 if args.figure:
                     shown.append(tensor_to_image(img).convert("RGB"))
                     labels.append(f"{k} of {header.num_latents} latents: {8 * prefix_bytes / pixels:.4f} bpp")
-                lines.append(f"{src} -> {path}: {k} of {header.num_latents} latents, {prefix_bytes} bytes, "
-                             f"{8 * prefix_bytes / pixels:.4f} bpp, {saved.describe()}")
             outputs.done(out)
             if figure is not None:
                 from ..eval.plot import plot_progressive
 
-                with atomic_output(figure) as tmp:
-                    plot_progressive(shown, labels, tmp, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
-                lines.append(f"{src} -> {figure}: figure of the {len(shown)} prefixes")
-            return "\n".join(lines)
+                with interrupt.deferred():
+                    plot_progressive(shown, labels, figure, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
+                    write_line(f"{src} -> {figure}: figure of the {len(shown)} prefixes")
+            return None
         model = models.get(made_by)
-        img = model.decompress(data, num_latents=args.latents, ignore_weights_mismatch=args.ignore_weights_mismatch)
+        img = decode(model, data, args.latents, args.ignore_weights_mismatch)
         saved = save_image(img, out, format=fmt.name, quality=fmt.quality)
         outputs.done(out)
         used = len(data) if args.latents is None else len(truncate(data, args.latents))
@@ -239,8 +257,7 @@ def truncate_file(args: argparse.Namespace) -> int:
         check_input(src)
         if out.exists() and same_file(out, src):
             raise FileExistsError(f"the output {out} would overwrite the input; choose another with -o")
-        if out.exists() and not args.force:
-            raise FileExistsError(f"the output {out} exists; pass --force to overwrite it")
+        claim_output(out, args.force, coded_by_lvae, "a file lvae coded", "-o")
         data = src.read_bytes()
         header = read_header(data)
         if args.latents is not None:
@@ -254,11 +271,12 @@ def truncate_file(args: argparse.Namespace) -> int:
                 raise ValueError(f"impossible budget: even 0 latent strings take {len(truncate(data, 0))} bytes "
                                  f"(the header), over {args.bytes}")
             cut = fitting[-1]
+        make_folder(out.parent)
         atomic_write_bytes(out, cut)
     except Exception as exc:  # noqa: BLE001
         report_error(src, exc)
         return EXIT_FAILED
     k = read_header(cut).num_strings
-    print(f"{src} -> {out}: {k} of {header.num_latents} latents, {len(cut)} bytes, "
-          f"{8 * len(cut) / (header.width * header.height):.4f} bpp")
+    write_line(f"{src} -> {out}: {k} of {header.num_latents} latents, {len(cut)} bytes, "
+               f"{8 * len(cut) / (header.width * header.height):.4f} bpp")
     return EXIT_OK

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..bitstream import read_header, truncate
 from ..models.registry import list_models, model_weights
 from .coding import DEFAULT_MODEL, LEGACY_MODEL
-from .common import EXIT_FAILED, EXIT_OK, check_input, report_error
+from .common import EXIT_FAILED, EXIT_OK, check_input, report_error, write_line
 
 __all__ = ["add_parsers"]
 
@@ -38,8 +38,8 @@ def describe(src: Path) -> str:
         ("size", f"{h.width}x{h.height} (width x height)"),
         ("bytes", f"{len(data)} ({8 * len(data) / (h.width * h.height):.4f} bpp)"),
         ("header", f"{len(data) - sum(lengths)} bytes"),
-        ("latents", f"{len(lengths)} of {h.num_latents or len(lengths)} blocks, {sum(lengths)} bytes: "
-         + " ".join(map(str, lengths))),
+        ("latents", f"{len(lengths)} of {h.num_latents or len(lengths)} blocks, {sum(lengths)} bytes"
+         + (": " + " ".join(map(str, lengths)) if lengths else "")),
     ]
     rows.append(("colour", "gray (decodes to a grayscale image)" if h.colour == "gray" else "RGB"))
     if h.format == "lvae":
@@ -63,7 +63,7 @@ def info(args: argparse.Namespace) -> int:
             report_error(item, exc)
             failed += 1
             continue
-        print(text if first else "\n" + text)
+        write_line(text if first else "\n" + text)
         first = False
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -76,8 +76,10 @@ def models(args: argparse.Namespace) -> int:
         found, where = availability(model_weights(name))
         rows.append((name, "yes" if found else "no", where))
     width = max(len("model"), *(len(r[0]) for r in rows))
-    print(f"{'model':<{width}}  offline  weights")
+    lines = [f"{'model':<{width}}  offline  weights"]
     for name, offline, where in rows:
         mark = " (default for compress)" if name == DEFAULT_MODEL else ""
-        print(f"{name:<{width}}  {offline:<7}  {where}{mark}")
+        lines.append(f"{name:<{width}}  {offline:<7}  {where}{mark}")
+    for line in lines:
+        write_line(line)
     return EXIT_OK

@@ -9,9 +9,11 @@ catches ``KeyboardInterrupt``, prints the same line and returns 130.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 PROG = "lvae"
@@ -32,6 +34,7 @@ class State:
     in_main = False  # main() of the command is running: unwind on the first Ctrl-C
     seen = False  # a Ctrl-C came
     bar = False  # a progress bar may be on the terminal
+    deferring = False  # inside deferred(): the first Ctrl-C waits for the end of the block
 
 
 def exit_interrupted() -> None:
@@ -55,7 +58,24 @@ def _on_sigint(signum: int, frame: Any) -> None:
     if State.seen or not State.in_main:
         exit_interrupted()
     State.seen = True
-    raise KeyboardInterrupt
+    if not State.deferring:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block that a first Ctrl-C does not cut: it is raised when the block ends (a second one
+    still ends the process at once). For an output and its line: written and printed, or neither."""
+    if State.deferring or not State.command:
+        yield
+        return
+    State.deferring = True
+    try:
+        yield
+    finally:
+        State.deferring = False
+    if State.seen:
+        raise KeyboardInterrupt
 
 
 def quiet_unraisable(unraisable: Any) -> None:

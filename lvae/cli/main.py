@@ -2,8 +2,11 @@
 (:mod:`.coding`: compress, decompress, truncate; :mod:`.inspect`: info, models; :mod:`.evaluate`,
 :mod:`.plot`, :mod:`.bdrate`: eval, plot, bdrate) that adds its own parser and handler.
 
-Exit status: 0 when every file succeeded, 1 when any failed, 2 for usage errors, 130 on Ctrl-C
-(:mod:`.interrupt`). Start-up: ``lvae --help``, ``lvae info`` and ``lvae models`` import neither
+Exit status: 0 when every file succeeded, 1 when any failed, 2 for usage errors (one line each,
+an unavailable ``--device`` included), 130 on Ctrl-C (:mod:`.interrupt`). Every long option takes
+both spellings, ``--out-dir`` and ``--out_dir`` (:class:`lvae.utils.args.ArgumentParser`).
+Output to a reader that goes away (``lvae info ... | head -1``) is dropped without an error; the
+work goes on. Start-up: ``lvae --help``, ``lvae info`` and ``lvae models`` import neither
 torch nor the model code (tests/test_startup_imports.py checks it); torch, tqdm and the models
 load in the commands that code images, after the arguments and the outputs have been checked.
 """
@@ -12,13 +15,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..utils.args import OneLineArgumentParser
 from . import bdrate, coding, evaluate, inspect, interrupt, plot
 from .coding import LEGACY_MODEL, compress_model_name
-from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, device_arg, report_error
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PROG,
+    RANDOM_WEIGHTS,
+    check_device,
+    flush_output,
+    write_line,
+)
 
 if TYPE_CHECKING:
     pass
@@ -27,7 +38,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog=PROG,
         description="Learned lossy image compression with QARV.",
         epilog="Exit status: 0 success, 1 if any file failed, 2 usage error.",
@@ -43,12 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lvae`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -59,8 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _main(argv)
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+            write_line(f"{PROG}: interrupted", sys.stderr)
             return EXIT_INTERRUPTED
+        finally:
+            flush_output()
     previous_hook = sys.unraisablehook
     sys.unraisablehook = interrupt.quiet_unraisable
     interrupt.State.in_main = True
@@ -71,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         interrupt.State.in_main = False
         sys.unraisablehook = previous_hook
+        flush_output()
     if interrupt.State.seen:  # an interrupt swallowed on the way (e.g. in a finaliser)
         interrupt.exit_interrupted()
     return status
@@ -78,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def usage_line(message: str) -> int:
     """A usage error that needs no usage text: one line, status 2."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    write_line(f"{PROG}: error: {message}", sys.stderr)
     return EXIT_USAGE
 
 
@@ -108,21 +116,10 @@ def _main(argv: Sequence[str] | None) -> int:
             )
         except ValueError as exc:
             return usage_line(str(exc))
-        if args.figure and Path(args.figure).suffix.lower() not in ("", ".png"):
-            return usage_line(f"--figure {args.figure}: the figure is a PNG image; name it .png")
+    if args.command in ("compress", "decompress") and args.weights == RANDOM_WEIGHTS:
+        return usage_line(f"--weights {RANDOM_WEIGHTS} is for evaluation only (lvae eval): a file coded with "
+                          "random weights decodes with no other weights; give a checkpoint file")
     # Parsing a device imports torch (seconds): the default, cpu, is left to the first model load,
     # so that unwritable outputs and other per-file errors are found before any heavy work.
-    if getattr(args, "device", None) not in (None, "cpu"):
-        try:
-            args.device = device_arg(args.device)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"argument --device: {exc}")
-        if args.device.type == "cuda" and not cuda_available():
-            parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    if getattr(args, "out_dir", None):
-        try:
-            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            report_error(args.out_dir, exc)
-            return EXIT_FAILED
+    check_device(args, parser.error)
     return int(args.handler(args))

@@ -2,10 +2,17 @@
 
 The command line is ``lvae plot`` (:mod:`lvae.cli.plot`). matplotlib is imported only when a
 figure is made.
+
+A figure is written in the format its suffix names: PNG, PDF or SVG (:func:`figure_format`; any
+other suffix is a ``ValueError``), marked as lvae's (the PNG ``Software`` text chunk, the PDF and
+SVG ``Creator``), so that :func:`figure_written_by_lvae` tells it from other files. The functions
+here write where they are asked, replacing what is there; the command lines refuse to replace
+an existing file without ``--force``, and a file lvae did not write even with it.
 """
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +23,63 @@ from .results import load_results
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["rd_figure", "plot_rd", "plot_progressive", "plot_progressive_rd"]
+__all__ = [
+    "FIGURE_FORMATS",
+    "figure_format",
+    "figure_written_by_lvae",
+    "rd_figure",
+    "plot_rd",
+    "plot_progressive",
+    "plot_progressive_rd",
+]
+
+# The formats a figure is written in, by suffix, and the mark each carries (matplotlib's metadata).
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+_WRITER = "lvae"
+_MARKS = {"png": {"Software": _WRITER}, "pdf": {"Creator": _WRITER}, "svg": {"Creator": _WRITER}}
+_SVG_MARK = re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + _WRITER.encode() + rb"</dc:title>")
+
+
+def figure_format(path: str | os.PathLike[str]) -> str:
+    """``png``, ``pdf`` or ``svg``, as the suffix of ``path`` says; ``ValueError`` for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"{path}: a figure is written as PNG, PDF or SVG, the format its suffix names; "
+                         "name it .png, .pdf or .svg")
+    return FIGURE_FORMATS[suffix]
+
+
+def figure_written_by_lvae(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a figure lvae wrote (PNG, PDF or SVG with lvae's mark) or another
+    image lvae marked (:func:`lvae.io.written_by_lvae`); False for anything else, or a file
+    that cannot be read."""
+    from ..io import written_by_lvae
+
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return False
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data.startswith(b"%PDF-"):
+        return b"/Creator (" + _WRITER.encode() + b")" in data
+    if data.lstrip().startswith((b"<?xml", b"<svg")):
+        return _SVG_MARK.search(data) is not None
+    return written_by_lvae(path)
+
+
+def _save(fig: Figure, output: str | os.PathLike[str], dpi: int) -> Path:
+    """Write ``fig`` at ``output`` in the format its suffix names, marked as lvae's, atomically
+    (:func:`lvae.io.atomic_output`: never a half-written file); returns the path."""
+    from ..io import atomic_output
+
+    output = Path(output)
+    fmt = figure_format(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt, metadata=_MARKS[fmt])
+    return output
 
 
 def _label(curve: dict[str, Any], fallback: str) -> str:
@@ -90,21 +153,21 @@ def plot_rd(
     title: str | None = None,
     dpi: int = 150,
 ) -> Path:
-    """Write :func:`rd_figure` of ``curves`` as a PNG at ``output``; returns its path."""
-    fig = rd_figure(curves, with_anchors=with_anchors, title=title)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi, format="png")
-    return output
+    """Write :func:`rd_figure` of ``curves`` at ``output`` (PNG, PDF or SVG, as its suffix says:
+    :func:`figure_format`), creating its folder; returns its path."""
+    figure_format(output)  # before the work
+    return _save(rd_figure(curves, with_anchors=with_anchors, title=title), output, dpi)
 
 
 def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str | os.PathLike[str], *,
                      columns: int = 4, title: str | None = None, dpi: int = 80) -> Path:
     """Write the images of a progressive decode (Pillow images or H×W×3 arrays) in a grid, each
-    with its label underneath (e.g. ``k = 3: 0.0196 bpp``), as a PNG at ``output``."""
+    with its label underneath (e.g. ``k = 3: 0.0196 bpp``), at ``output`` (PNG, PDF or SVG, as its
+    suffix says)."""
     import numpy as np
     from matplotlib.figure import Figure
 
+    figure_format(output)
     if not images or len(images) != len(labels):
         raise ValueError("give one label per image, and at least one image")
     arrays = [np.asarray(im) for im in images]
@@ -122,17 +185,16 @@ def plot_progressive(images: Sequence[Any], labels: Sequence[str], output: str |
     if title:
         fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi, format="png")
-    return output
+    return _save(fig, output, dpi)
 
 
 def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """PSNR against bpp of every prefix (k = 0 … L latent strings), one line per λ, over the
-    full-file R–D curve (k = L), from :func:`lvae.eval.evaluation.evaluate_progressive`'s report."""
+    full-file R–D curve (k = L), from :func:`lvae.eval.evaluation.evaluate_progressive`'s report,
+    at ``output`` (PNG, PDF or SVG, as its suffix says)."""
     from matplotlib.figure import Figure
 
+    figure_format(output)
     pre = report["prefixes"]
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.subplots()
@@ -148,7 +210,4 @@ def plot_progressive_rd(report: dict[str, Any], output: str | os.PathLike[str], 
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi, format="png")
-    return output
+    return _save(fig, output, dpi)

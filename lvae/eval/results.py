@@ -24,7 +24,15 @@ from ..io import atomic_write_bytes
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["report_header", "versions", "describe_device", "save_results", "parse_results", "load_results"]
+__all__ = [
+    "report_header",
+    "versions",
+    "describe_device",
+    "save_results",
+    "parse_results",
+    "load_results",
+    "is_result_file",
+]
 
 
 # -- the header every result starts with ----------------------------------------------------------
@@ -81,7 +89,11 @@ def report_header(
 
 # -- writing and reading --------------------------------------------------------------------------
 def save_results(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write a result as indented JSON (creating parent folders), atomically; returns the path."""
+    """Write a result as indented JSON (creating parent folders), atomically; returns the path.
+
+    It writes where it is asked, replacing what is there; the command lines (``lvae eval``)
+    refuse to replace an existing file without ``--force``, and anything but a result
+    (:func:`is_result_file`) even with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
@@ -111,3 +123,34 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"no such result file: {path}") from None
     return parse_results(data, str(path))
+
+
+def _is_progressive(parsed: Any) -> bool:
+    """The result of ``lvae eval --progressive``: ``prefixes.bpp`` and ``prefixes.psnr``, one
+    list (k = 0 … L) per λ."""
+    pre = parsed.get("prefixes") if isinstance(parsed, dict) else None
+    if not isinstance(pre, dict) or not isinstance(parsed.get("name"), str):
+        return False
+    bpp, psnr = pre.get("bpp"), pre.get("psnr")
+    return (isinstance(bpp, list) and isinstance(psnr, list) and len(bpp) == len(psnr) > 0
+            and all(isinstance(row, list) for row in bpp + psnr))
+
+
+def is_result_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a result that ``lvae eval`` writes: a curve (:func:`load_results`
+    reads it) or the prefixes of ``--progressive``; False for anything else."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > 1 << 30:  # no result is that large: not read whole to find out
+            return False
+        data = path.read_bytes()
+    except OSError:
+        return False
+    try:
+        parse_results(data, str(path))
+    except ValueError:
+        try:
+            return _is_progressive(json.loads(data))
+        except ValueError:  # not JSON, or not UTF-8 text
+            return False
+    return True
