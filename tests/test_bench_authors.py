@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import lvae
+from lvae.bitstream import pack_legacy
 from lvae.models.fixed_weights import load_fixed_reference_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,8 @@ def tiny():
     model = load_fixed_reference_weights(lvae.get_model("qarv_tiny")).eval()
     im = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     lmb = model.default_lmb
-    ours = model.compress(im, lmb, format="legacy")  # the authors' compress_file layout
+    strings = [block[0] for block in model.compress_latents(im, lmb)[0]]
+    ours = pack_legacy(lmb, 64, 64, strings)  # the authors' compress_file layout (compress writes it for qarv_base)
     return model, ours, model.decompress(model.compress(im, lmb))
 
 

@@ -33,8 +33,8 @@ def seeds(model):
     for hw, lmb in (((37, 41), 64.0), ((64, 64), 1000.0), ((5, 90), 16.0)):
         im = torch.rand(1, 3, *hw)
         files.append(model.compress(im, lmb=lmb))
-        files.append(model.compress(im, lmb=lmb, format="legacy"))
-        header, strings = bitstream.unpack(files[-2])
+        header, strings = bitstream.unpack(files[-1])
+        files.append(bitstream.pack_legacy(header.lmb, *hw, strings))  # the authors' layout of the same strings
         files.append(bitstream.pack("qarv_tiny", header.lmb, *hw, strings, version=1))
         files.append(bitstream.truncate(files[-3], 2))  # a prefix of the version-2 file
     return files

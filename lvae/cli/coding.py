@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..bitstream import read_header, truncate
+from ..bitstream import LEGACY_MODEL, read_header, truncate
 from ..errors import BitstreamError
 from . import interrupt
 from .common import (
@@ -44,7 +44,6 @@ __all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "add_parsers"]
 # The default is the model shipped inside the package: it works offline and gives the same file
 # on every machine. The published qarv_base (downloaded on first use) is one `--model` away.
 DEFAULT_MODEL = "qarv_small"
-LEGACY_MODEL = "qarv_base"  # the authors' layout records no model name; it only ever held qarv_base
 SUFFIXES = {"lvae": ".lvae", "legacy": ".bits"}
 
 
@@ -152,15 +151,30 @@ def compress(args: argparse.Namespace) -> int:
         if bf16_pending[0]:
             use_bf16_encoder(model)  # or one warning line and float32
             bf16_pending[0] = False
-        res = model.compress_file(
-            src,
-            out,
-            lmb=args.lmb,
-            target_bpp=args.bpp,
-            target_bytes=args.bytes,
-            target_psnr=args.psnr,
-            format=args.format,
-        )
+        import sys
+
+        from tqdm import tqdm
+
+        # Each step (an encode; a forward pass of a target's search), drawn as it is taken on one
+        # line of stderr when it is a terminal: a rate target takes several steps.
+        with tqdm(desc=str(src), bar_format="{desc}: {n_fmt} steps [{elapsed}]{postfix}", disable=None,
+                  leave=False, mininterval=0, file=sys.stderr) as bar:
+            interrupt.State.bar = interrupt.State.bar or not bar.disable
+
+            def progress(line: str) -> None:
+                bar.set_postfix_str(line, refresh=False)
+                bar.update()
+
+            res = model.compress_file(
+                src,
+                out,
+                lmb=args.lmb,
+                target_bpp=args.bpp,
+                target_bytes=args.bytes,
+                target_psnr=args.psnr,
+                format=args.format,
+                progress=progress,
+            )
         outputs.done(out)
         if res.alpha_dropped:
             warn(src, "its transparency (alpha channel) was dropped: lvae codes the colours only")
@@ -257,7 +271,7 @@ def truncate_file(args: argparse.Namespace) -> int:
         check_input(src)
         if out.exists() and same_file(out, src):
             raise FileExistsError(f"the output {out} would overwrite the input; choose another with -o")
-        claim_output(out, args.force, coded_by_lvae, "a file lvae coded", "-o")
+        claim_output(out, args.force, coded_by_lvae, "a coded file", "-o")
         data = src.read_bytes()
         header = read_header(data)
         if args.latents is not None:

@@ -5,9 +5,21 @@ to a model that provides ``encode_latents``/``decompress_latents``, ``latent_blo
 ``max_stride``, ``lmb_range``, ``postprocess`` and ``reconstruct`` (see :class:`lvae.models.QARV`).
 Nothing here knows the network's insides.
 
-Rate targets (``target_bytes``, ``target_bpp``, ``target_psnr``) are met by bisection over ln λ:
-2 encodes (or forward passes, for PSNR) at the ends of the λ range, then at most
-``SEARCH_STEPS`` (= 12) more, stopping early once the λ bracket is narrower than 0.1 %.
+Rate targets (``target_bytes``, ``target_bpp``, ``target_psnr``) search λ (:func:`find_crossing`).
+File size and PSNR are smooth and increasing in ln λ, so each step interpolates (secants) where
+bisection would halve, aiming just past the crossing so that the bracket closes in one or two
+more steps; it bisects when interpolation stops paying. The model's own estimate
+(:meth:`CompressionMixin.estimate_rd`: one forward pass, no entropy coding) places λ first:
+
+* A PSNR target needs nothing else, since the estimate's image is the decoded one: λ is
+  bracketed to ``LMB_TOLERANCE`` (0.5 %) on forward passes, coded once, and the decoded file's
+  PSNR measured (a file that falls short, e.g. from a bfloat16 encoder, continues the search on
+  real files).
+* A byte budget brackets the estimated size to a few %, then searches real encodes from there,
+  until a file lies within ``BUDGET_TOLERANCE`` (0.5 %) under the budget or λ is bracketed to
+  ``LMB_TOLERANCE``. Only a real file that fits is ever returned.
+
+A phase takes at most ``MAX_PROBES`` steps; a bracket, at most 2 more than bisection would.
 
 Colour types. A 1×1×H×W (grayscale) image is coded as its three equal channels and recorded as
 ``gray`` in the container (version 2); decoding such a file gives a 1×1×H×W image, the mean of
@@ -35,15 +47,20 @@ from ..errors import BitstreamError
 from ..io import atomic_write_bytes, check_writable, read_image
 from ..metrics import mse_to_psnr
 from . import container as bitstream
+from .container import LEGACY_MODEL
+from .determinism import coding_arithmetic
 from .gaussian import entropy_coder_keys
 from .latent import CodedLatent
 
 __all__ = [
     "CompressResult", "CompressionMixin", "pad_image", "weights_fingerprint", "delivered_image", "delivered_psnr",
-    "SEARCH_STEPS", "DEFAULT_MAX_PIXELS",
+    "LMB_TOLERANCE", "BUDGET_TOLERANCE", "MAX_PROBES", "DEFAULT_MAX_PIXELS",
 ]
 
-SEARCH_STEPS = 12
+LMB_TOLERANCE = 0.005  # a target search stops once its ln-λ bracket is this narrow (0.5 % in λ)
+BUDGET_TOLERANCE = 0.005  # a byte/bpp search also stops at a file this close under the budget (0.5 %)
+MAX_PROBES = 20  # the most steps (forward passes, or encodes) of one phase of a search
+_OUTWARD_STEPS = 2  # extrapolations before each outward step must double the last one
 DEFAULT_MAX_PIXELS = 2**28  # ≈ 268 megapixels: refuse to decode headers that claim more
 FORMATS = ("lvae", "legacy")
 
@@ -62,6 +79,7 @@ class CompressResult:
     encodes: int  # real encodes spent (1 without a target)
     colour: str = "rgb"  # the colour type the file decodes to: "rgb", or "gray" (recorded for gray sources)
     alpha_dropped: bool = False  # compress_file: the source's transparency was dropped (not fully opaque)
+    forward_passes: int = 0  # the model's estimates spent by a target search (estimate_rd: no entropy coding)
 
 
 def pad_image(im: torch.Tensor, stride: int) -> torch.Tensor:
@@ -92,6 +110,200 @@ def delivered_psnr(decoded: torch.Tensor, source: torch.Tensor) -> float:
         ref = ref.expand(-1, q.shape[1], -1, -1) if ref.shape[1] == 1 else ref
         q = q.expand(-1, ref.shape[1], -1, -1) if q.shape[1] == 1 else q
     return mse_to_psnr(float(((q - ref) ** 2).mean()))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One step of a λ search: the (float32) ``lmb`` used, the ``value`` interpolated (ln bytes,
+    or dB), and whether it is ``high``: past the goal (over the budget, or reaching the PSNR).
+    ``data``: the file, when the step was a real encode."""
+
+    lmb: float
+    value: float
+    high: bool
+    data: bytes | None = None
+
+    @property
+    def t(self) -> float:
+        return math.log(self.lmb)
+
+
+def _secant_root(p: Probe, q: Probe, goal: float) -> float | None:
+    """Where the line through ``p`` and ``q`` meets ``goal``; None unless it rises."""
+    if q.t == p.t or not (q.value - p.value) / (q.t - p.t) > 0:
+        return None
+    x = p.t + (goal - p.value) * (q.t - p.t) / (q.value - p.value)
+    return x if math.isfinite(x) else None
+
+
+def find_crossing(
+    probe: Callable[[float], Probe],
+    lo: float,
+    hi: float,
+    start: float,
+    slope: float,
+    goal: float,
+    tol: float,
+    *,
+    done: Callable[[Probe], bool] | None = None,
+    known: Sequence[Probe] = (),
+    max_probes: int = MAX_PROBES,
+) -> list[Probe]:
+    """Probe a quantity that grows with t = ln λ (file size, PSNR) until its crossing of ``goal``
+    is known: a low and a high probe at most ``tol`` apart, or ``done(probe)``, or the crossing is
+    past an end of [``lo``, ``hi``] (that end probed), or ``max_probes`` probes. Returns the probes
+    in order, after the ``known`` ones it was given; ``probe(t)`` codes at λ = e^t (it may round
+    λ, e.g. to float32: the probe says which).
+
+    Steps: from ``start``, outward along the secant of the two probes nearest the crossing
+    (``slope``, the expected d value / d t, while there is one probe) until the crossing is
+    bracketed, each step at least twice the last after ``_OUTWARD_STEPS``. Then the secant of the
+    last two probes, or regula falsi between the bracket's ends (the first that falls inside the
+    bracket), aimed ``tol``/2 past the crossing away from the nearer end, so that the probe lands
+    across it and leaves a short bracket; bisection once the bracket is under 2 ``tol`` (closing
+    it), or when interpolation has used up its 2 spare steps: a bracket never takes more than 2
+    probes beyond what bisection would need.
+    """
+    probes: list[Probe] = list(known)
+    low: Probe | None = None  # the highest-λ probe below the goal
+    high: Probe | None = None  # the lowest-λ probe at or past it
+    for p in probes:
+        if p.high and (high is None or p.t < high.t):
+            high = p
+        elif not p.high and (low is None or p.t > low.t):
+            low = p
+    deadline: int | None = None  # once bracketed: the probe count by which it closes
+    outward = 0  # steps taken outward, the last of length ``reach``
+    reach = 0.0
+    t = min(max(start, lo), hi)
+    for _ in range(max_probes):
+        p = probe(t)
+        probes.append(p)
+        if p.high:
+            if high is None or p.t < high.t:
+                high = p
+        elif low is None or p.t > low.t:
+            low = p
+        if done is not None and done(p):
+            break
+        if low is not None and high is not None:
+            width = high.t - low.t
+            if width <= tol:
+                break
+            halvings = math.ceil(math.log2(width / tol))  # bisection's probes from here
+            if deadline is None:
+                deadline = len(probes) + halvings + 2
+            if halvings <= 1 or halvings >= deadline - len(probes):
+                t = (low.t + high.t) / 2
+                continue
+            x = _secant_root(probes[-2], probes[-1], goal)
+            if x is None or not low.t < x < high.t:
+                x = _secant_root(low, high, goal)
+            if x is None or not low.t < x < high.t:
+                x = (low.t + high.t) / 2
+            t = x + tol / 2 if x - low.t <= high.t - x else x - tol / 2
+            t = min(max(t, low.t + tol / 4), high.t - tol / 4)
+            continue
+        side = sorted((q for q in probes if q.high == p.high), key=lambda q: q.t)
+        least = max(tol, 2 * reach if outward >= _OUTWARD_STEPS else 0.0)  # doubling after _OUTWARD_STEPS
+        if high is None:  # every probe is below the goal: the crossing is above
+            assert low is not None
+            if low.t >= hi:
+                break
+            x = _secant_root(side[-2], side[-1], goal) if len(side) >= 2 else None
+            x = low.t + (goal - low.value) / slope if x is None else x
+            t = min(max(x + tol / 2, low.t + least), hi)
+            reach = t - low.t
+        else:  # every probe is at or past the goal: the crossing is below
+            if high.t <= lo:
+                break
+            x = _secant_root(side[0], side[1], goal) if len(side) >= 2 else None
+            x = high.t - (high.value - goal) / slope if x is None else x
+            t = max(min(x - tol / 2, high.t - least), lo)
+            reach = high.t - t
+        outward += 1
+    return probes
+
+
+# The expected growth with ln λ before a search has two points of its own: ln(file size) grows by
+# 0.1-0.5 per unit of ln λ on photos (qarv_small and qarv_base), the PSNR by 0.3-1.5 dB.
+_RATE_SLOPE = 0.3
+_PSNR_SLOPE = 1.0
+# What the range coder adds to the estimate, per string (qarv_small: 6-12 bytes); real encodes correct it.
+_CODER_BYTES_PER_STRING = 8
+_GUIDE_TOLERANCE = 0.03  # the estimate's crossing is bracketed to 3 % in λ ...
+_GUIDE_WINDOW = 0.01  # ... unless an estimate falls within 1 % of the aim
+
+
+def _crossing_of(probes: Sequence[Probe], goal: float) -> float:
+    """Where ``probes`` place the crossing of ``goal``: interpolated between the nearest low and high
+    probes, else the probe nearest to it (an end of the range, when the crossing is past it)."""
+    lows = [p for p in probes if not p.high]
+    highs = [p for p in probes if p.high]
+    low = max(lows, key=lambda p: p.t) if lows else None
+    high = min(highs, key=lambda p: p.t) if highs else None
+    if low is None or high is None:
+        return (low or high or probes[-1]).t
+    x = _secant_root(low, high, goal)
+    return x if x is not None and low.t <= x <= high.t else (low.t + high.t) / 2
+
+
+def _local_slope(probes: Sequence[Probe], t: float, default: float) -> float:
+    """The slope of the two probes nearest to ``t`` (``default`` unless they rise)."""
+    near = sorted(probes, key=lambda p: abs(p.t - t))
+    for q in near[1:]:
+        if q.t != near[0].t:
+            slope = (q.value - near[0].value) / (q.t - near[0].t)
+            return slope if math.isfinite(slope) and slope > 0 else default
+    return default
+
+
+class _Steps:
+    """The steps of compressing one image, counted and reported: real encodes, the model's
+    estimates (forward passes), and decodes measuring the delivered PSNR."""
+
+    def __init__(self, model: CompressionMixin, im: torch.Tensor, source: torch.Tensor, colour: str, format: str,
+                 progress: Callable[[str], None] | None):
+        self.model, self.im, self.source, self.colour, self.format = model, im, source, colour, format
+        self.progress = progress
+        self.encodes = self.forwards = 0
+        self._padded: torch.Tensor | None = None
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
+
+    def encode(self, lmb: float) -> bytes:
+        self.encodes += 1
+        data = self.model._encode(self.im, lmb, self.format, self.colour)
+        self.say(f"λ {lmb:.4g}: {len(data)} bytes")
+        return data
+
+    def estimate(self, lmb: float) -> tuple[float, torch.Tensor]:
+        """Estimated bits, and the decoded image as delivered (the source's size and colour type)."""
+        if self._padded is None:
+            self._padded = pad_image(self.im, self.model.max_stride)
+        self.forwards += 1
+        bits, x_hat = self.model.estimate_rd(self._padded, lmb)
+        h, w = self.im.shape[2:]
+        return bits, delivered_image(x_hat[:, :, :h, :w], self.colour)
+
+    def measure(self, data: bytes) -> float:
+        """The PSNR the file ``data`` delivers (decoded)."""
+        quality = delivered_psnr(self.model.decompress(data), self.source)
+        self.say(f"decoded: {quality:.2f} dB")
+        return quality
+
+    def overhead(self) -> int:
+        """The container's bytes around the latent strings (with empty strings: the estimate adds theirs)."""
+        h, w = self.im.shape[2:]
+        empty = [b""] * len(self.model.latent_blocks)
+        if self.format == "legacy":
+            return len(bitstream.pack_legacy(1.0, h, w, empty)) + _CODER_BYTES_PER_STRING * len(empty)
+        fingerprint = weights_fingerprint(self.model)
+        container = len(bitstream.pack(self.model.name or "?", 1.0, h, w, empty, checks=[0] * len(empty),
+                                       fingerprint=fingerprint, colour=self.colour))
+        return container + _CODER_BYTES_PER_STRING * len(empty)
 
 
 def _check_input(im: torch.Tensor) -> torch.Tensor:
@@ -152,6 +364,11 @@ class CompressionMixin(_ModuleBase):
     The model provides what is declared below (QARV does) and nothing else is read from it.
     """
 
+    #: The models whose files the QARV authors' layout (``format='legacy'``) holds. It records no
+    #: model name and lvae reads it back as :data:`LEGACY_MODEL`, so every other model refuses to
+    #: write it; a model family with an authors' layout of its own overrides this.
+    legacy_layout_models: tuple[str, ...] = (LEGACY_MODEL,)
+
     if TYPE_CHECKING:
         name: str | None
         max_stride: int
@@ -180,14 +397,29 @@ class CompressionMixin(_ModuleBase):
         def postprocess(x_hat: torch.Tensor) -> torch.Tensor:
             ...
 
+    def encoder_precisions(self) -> tuple[str, ...]:
+        """The encoder precisions :meth:`set_encoder_precision` accepts for this model on the device
+        it is on now. A model that can encode in reduced precision overrides both (QARV)."""
+        return ("float32",)
+
     def set_encoder_precision(self, precision: str) -> CompressionMixin:
-        """The arithmetic of the computations only an encoder does. A model that can encode in
-        reduced precision overrides this (QARV: ``"bfloat16"``); by default only ``"float32"``."""
+        """The arithmetic of the computations only an encoder does; by default only ``"float32"``."""
         if precision != "float32":
             raise ValueError(f"this model has only a float32 encoder (asked for {precision!r})")
         return self
 
     # -- one real encode ---------------------------------------------------------------------
+    def _check_format(self, format: str) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+        if format == "legacy" and self.name not in self.legacy_layout_models:
+            which = ", ".join(self.legacy_layout_models) or "no model"
+            raise ValueError(
+                f"format='legacy' (the QARV authors' layout) holds files of {which} only: it records no model "
+                f"name, so lvae would read a file of {self.name or 'this model'!r} in it as {LEGACY_MODEL}'s; "
+                "use format='lvae'"
+            )
+
     def _encode(self, im: torch.Tensor, lmb: float, format: str, colour: str = "rgb") -> bytes:
         h, w = im.shape[2:]
         x = pad_image(im, self.max_stride)
@@ -204,6 +436,27 @@ class CompressionMixin(_ModuleBase):
         return bitstream.pack(
             self.name, lmb, h, w, strings, checks=checks, fingerprint=weights_fingerprint(self), colour=colour
         )
+
+    @torch.no_grad()
+    def estimate_rd(self, x: torch.Tensor, lmb: float) -> tuple[float, torch.Tensor]:
+        """The model's own estimate, without entropy coding, of coding ``x`` (1×3×H×W in [0, 1],
+        sides multiples of :attr:`max_stride`) at ``lmb``: the bits of its latent strings, and the
+        image (1×3×H×W in [0, 1]) that decoding the file gives, exactly (from a float32 encoder;
+        a bfloat16 one may choose a few other symbols, which the PSNR search then measures).
+
+        Rate targets place λ with it before coding for real. By default one forward pass in
+        evaluation mode, in the arithmetic of coding (as QARV's ``reconstruct``): the bits from its
+        ``kl`` (nats per latent block), the image from its ``x_hat``. A model whose ``forward``
+        returns neither overrides this.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with coding_arithmetic(x.device):
+                out = self(x, lmb)
+        finally:
+            self.train(was_training)
+        return float(out["kl"].double().sum()) * math.log2(math.e), self.postprocess(out["x_hat"])
 
     @torch.no_grad()
     def _reconstruct_padded(self, im: torch.Tensor, lmb: float) -> torch.Tensor:
@@ -228,14 +481,14 @@ class CompressionMixin(_ModuleBase):
         target_psnr: float | None = None,
         format: str = "lvae",
         compute_psnr: bool = True,
+        progress: Callable[[str], None] | None = None,
     ) -> tuple[bytes, CompressResult]:
         """Like :meth:`compress`, also returning a :class:`CompressResult`.
 
         With ``compute_psnr`` the file is decoded once to measure the PSNR of what it gives back
-        (8-bit, in its colour type: :func:`delivered_psnr`).
+        (8-bit, in its colour type: :func:`delivered_psnr`); a PSNR target always is.
         """
-        if format not in FORMATS:
-            raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+        self._check_format(format)
         chosen = [k for k, v in (("lmb", lmb), ("target_bpp", target_bpp), ("target_bytes", target_bytes),
                                  ("target_psnr", target_psnr)) if v is not None]
         if len(chosen) > 1:
@@ -246,14 +499,9 @@ class CompressionMixin(_ModuleBase):
         h, w = source.shape[2:]
         # A gray source is coded as three equal channels; only the lvae container records "gray".
         colour = "gray" if source.shape[1] == 1 and format == "lvae" else "rgb"
-        im = source if source.shape[1] == 3 else source.expand(-1, 3, -1, -1).contiguous()
-        encodes = 0
-
-        def encode(value: float) -> bytes:
-            nonlocal encodes
-            encodes += 1
-            return self._encode(im, value, format, colour)
-
+        rgb = source if source.shape[1] == 3 else source.expand(-1, 3, -1, -1).contiguous()
+        steps = _Steps(self, rgb, source, colour, format, progress)
+        quality = float("nan")
         if target_bpp is not None or target_bytes is not None:
             if target_bpp is not None:
                 if not (math.isfinite(target_bpp) and target_bpp > 0):
@@ -271,20 +519,18 @@ class CompressionMixin(_ModuleBase):
                 def unit(n: int) -> str:
                     return f"{n} bytes"
                 asked = f"{budget} bytes"
-            value, data = self._search_budget(encode, budget, unit, asked)
+            value, data = self._search_budget(steps, budget, unit, asked)
         elif target_psnr is not None:
             if not math.isfinite(target_psnr):
                 raise ValueError(f"target_psnr must be a finite number, got {target_psnr}")
-            value = self._search_psnr(im, source, colour, float(target_psnr))
-            data = encode(value)
+            value, data, quality = self._search_psnr(steps, float(target_psnr))
         else:
             value = self._lmb_value(self.default_lmb if lmb is None else lmb)
-            data = encode(value)
-        quality = delivered_psnr(self.decompress(data), source) if compute_psnr else float("nan")
-        if target_psnr is not None and quality < target_psnr:  # the search measured reconstruct(): the same image
-            raise RuntimeError(f"internal error: the file decodes to {quality:.4f} dB, below the {target_psnr:g} dB "
-                               "its λ reached in the search; please report it")
-        result = CompressResult(None, len(data), 8 * len(data) / (h * w), quality, value, h, w, encodes, colour)
+            data = steps.encode(value)
+        if compute_psnr and math.isnan(quality):
+            quality = steps.measure(data)
+        result = CompressResult(None, len(data), 8 * len(data) / (h * w), quality, value, h, w, steps.encodes, colour,
+                                forward_passes=steps.forwards)
         return data, result
 
     def compress(
@@ -296,77 +542,136 @@ class CompressionMixin(_ModuleBase):
         target_bytes: int | None = None,
         target_psnr: float | None = None,
         format: str = "lvae",
+        progress: Callable[[str], None] | None = None,
     ) -> bytes:
         """Compress one image (1×3×H×W RGB or 1×1×H×W gray, in [0, 1], any size ≥ 1×1) into a
         complete file's bytes. A gray image is recorded as such and decodes to a gray image.
 
         Give at most one of: ``lmb`` (default :attr:`default_lmb`); ``target_bytes`` / ``target_bpp``
-        (the highest quality whose real file fits the budget; never over it); ``target_psnr`` (the
-        smallest file whose decoded image, rounded to 8 bits, reaches that PSNR). An impossible
-        target raises ValueError. ``format='legacy'`` writes the QARV authors' layout instead of
-        lvae's container.
+        (the highest quality whose real file fits the budget: never over it; the search stops at a
+        file within ``BUDGET_TOLERANCE`` under it, or λ within ``LMB_TOLERANCE`` of a larger λ that
+        does not fit); ``target_psnr`` (the smallest file whose decoded image, rounded to 8 bits,
+        reaches that PSNR, to ``LMB_TOLERANCE`` in λ). An impossible target raises ValueError.
+        ``progress``: called with one short line (``"λ 123.4: 5123 bytes"``) after each step that
+        codes or estimates; a target takes several. ``format='legacy'`` writes the QARV authors'
+        layout instead of lvae's container, for the models it holds (:attr:`legacy_layout_models`:
+        ``qarv_base``); any other model raises ValueError.
         """
         return self.compress_with_result(
             im, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr, format=format,
-            compute_psnr=False,
+            compute_psnr=False, progress=progress,
         )[0]
 
+    def _search_ends(self) -> tuple[float, float, float]:
+        """ln λ at the ends of the range and at the default (float32 values)."""
+        lo, hi, mid = (math.log(self._lmb_value(v)) for v in (*self.lmb_range, self.default_lmb))
+        return lo, hi, mid
+
     def _search_budget(
-        self, encode: Callable[[float], bytes], budget: int, unit: Callable[[int], str], asked: str
+        self, steps: _Steps, budget: int, unit: Callable[[int], str], asked: str
     ) -> tuple[float, bytes]:
-        lo, hi = (self._lmb_value(v) for v in self.lmb_range)
-        data_lo = encode(lo)
-        if len(data_lo) > budget:
-            raise ValueError(
-                f"impossible target: even the lowest rate (λ={lo:g}) needs {unit(len(data_lo))}, "
-                f"over the target of {asked}"
-            )
-        data_hi = encode(hi)
-        if len(data_hi) <= budget:
-            return hi, data_hi
-        best = (lo, data_lo)
-        a, b = math.log(lo), math.log(hi)  # fits at a, does not fit at b
-        for _ in range(SEARCH_STEPS):
-            if b - a < 1e-3:
-                break
-            mid = self._lmb_value(math.exp((a + b) / 2))
-            data = encode(mid)
-            if len(data) <= budget:
-                a = math.log(mid)
-                if mid > best[0]:
-                    best = (mid, data)
-            else:
-                b = math.log(mid)
-        return best
+        """The largest λ whose real file fits ``budget`` bytes (to the tolerances), and its file.
 
-    def _search_psnr(self, im: torch.Tensor, source: torch.Tensor, colour: str, target: float) -> float:
-        """The smallest λ whose decoded image, as delivered (8-bit, in ``colour``), reaches ``target``
-        dB against ``source``; ``im`` is what the model codes (1×3×H×W)."""
-        lo, hi = (self._lmb_value(v) for v in self.lmb_range)
+        First the estimated size (:meth:`estimate_rd` plus the container's bytes) is bracketed
+        to 3 % in λ, or until an estimate lies within 1 % of the middle of the window a file may
+        end in; then real encodes start from there, the first step taken with the estimate's slope.
+        """
+        lo, hi, mid = self._search_ends()
+        floor = budget * (1 - BUDGET_TOLERANCE)  # a file in [floor, budget] ends the search
+        aim = math.log(max(budget, 1) * (1 - BUDGET_TOLERANCE / 2))  # (a budget of 0 bytes: none fits)
+        overhead = steps.overhead()
 
-        def quality(value: float) -> float:
-            return delivered_psnr(delivered_image(self._reconstruct_padded(im, value), colour), source)
+        def estimate(t: float) -> Probe:
+            lmb = self._lmb_value(math.exp(t))
+            n = steps.estimate(lmb)[0] / 8 + overhead
+            steps.say(f"λ {lmb:.4g}: ≈{n:.0f} bytes (estimate)")
+            return Probe(lmb, math.log(n), math.log(n) > aim)
 
-        q_hi = quality(hi)
-        if q_hi < target:
-            raise ValueError(
-                f"impossible target: the highest quality of this model (λ={hi:g}) gives {q_hi:.2f} dB, "
+        guide = find_crossing(estimate, lo, hi, mid, _RATE_SLOPE, aim, _GUIDE_TOLERANCE,
+                              done=lambda p: abs(p.value - aim) <= _GUIDE_WINDOW)
+        start = _crossing_of(guide, aim)
+
+        def encode(t: float) -> Probe:
+            lmb = self._lmb_value(math.exp(t))
+            data = steps.encode(lmb)
+            return Probe(lmb, math.log(len(data)), len(data) > budget, data)
+
+        real = find_crossing(encode, lo, hi, start, _local_slope(guide, start, _RATE_SLOPE), aim, LMB_TOLERANCE,
+                             done=lambda p: p.data is not None and floor <= len(p.data) <= budget)
+        fits = [p for p in real if not p.high]
+        if not fits:
+            bottom = min(real, key=lambda p: p.t)
+            if bottom.t > lo:  # stopped before the end of the range (MAX_PROBES): the end decides
+                bottom = encode(lo)
+                fits = [bottom] if not bottom.high else []
+            if not fits:
+                assert bottom.data is not None
+                raise ValueError(
+                    f"impossible target: even the lowest rate (λ={bottom.lmb:g}) needs {unit(len(bottom.data))}, "
+                    f"over the target of {asked}"
+                )
+        best = max(fits, key=lambda p: p.t)
+        assert best.data is not None
+        return best.lmb, best.data
+
+    def _search_psnr(self, steps: _Steps, target: float) -> tuple[float, bytes, float]:
+        """The smallest λ whose decoded image, as delivered (8-bit, in the file's colour type),
+        reaches ``target`` dB against the source (to ``LMB_TOLERANCE``); its file and PSNR.
+
+        :meth:`estimate_rd` gives the decoded image itself, so the search runs on forward passes
+        and codes once; the file's PSNR is then measured, and should it fall short (an encoder that
+        computes otherwise, e.g. in bfloat16), the search goes on with real files from there.
+        """
+        lo, hi, mid = self._search_ends()
+
+        def estimate(t: float) -> Probe:
+            lmb = self._lmb_value(math.exp(t))
+            q = delivered_psnr(steps.estimate(lmb)[1], steps.source)
+            steps.say(f"λ {lmb:.4g}: {q:.2f} dB (forward pass)")
+            return Probe(lmb, q, q >= target)
+
+        def impossible(top: Probe) -> ValueError:
+            return ValueError(
+                f"impossible target: the highest quality of this model (λ={top.lmb:g}) gives {top.value:.2f} dB, "
                 f"below {target:g} dB"
             )
-        if quality(lo) >= target:
-            return lo
-        a, b = math.log(lo), math.log(hi)  # below target at a, reaches it at b
-        best = hi
-        for _ in range(SEARCH_STEPS):
-            if b - a < 1e-3:
-                break
-            mid = self._lmb_value(math.exp((a + b) / 2))
-            if quality(mid) >= target:
-                b = math.log(mid)
-                best = min(best, mid)
-            else:
-                a = math.log(mid)
-        return best
+
+        guide = find_crossing(estimate, lo, hi, mid, _PSNR_SLOPE, target, LMB_TOLERANCE)
+        reached = [p for p in guide if p.high]
+        if not reached:
+            top = max(guide, key=lambda p: p.t)
+            if top.t < hi:  # stopped before the end of the range (MAX_PROBES): the end decides
+                top = estimate(hi)
+            if not top.high:
+                raise impossible(top)
+            reached = [top]
+        first = min(reached, key=lambda p: p.t)
+        data = steps.encode(first.lmb)
+        quality = steps.measure(data)
+        if quality >= target:
+            return first.lmb, data, quality
+        if first.t >= hi:
+            raise impossible(Probe(first.lmb, quality, False))
+
+        def real(t: float) -> Probe:
+            lmb = self._lmb_value(math.exp(t))
+            data = steps.encode(lmb)
+            q = steps.measure(data)
+            return Probe(lmb, q, q >= target, data)
+
+        done = find_crossing(real, lo, hi, first.t + LMB_TOLERANCE, _local_slope(guide, first.t, _PSNR_SLOPE), target,
+                             LMB_TOLERANCE, known=[Probe(first.lmb, quality, False, data)])
+        reached = [p for p in done if p.high]
+        if not reached:
+            top = max(done, key=lambda p: p.t)
+            if top.t < hi:  # stopped before the end of the range (MAX_PROBES): the end decides
+                top = real(hi)
+            if not top.high:
+                raise impossible(top)
+            reached = [top]
+        best = min(reached, key=lambda p: p.t)
+        assert best.data is not None
+        return best.lmb, best.data, best.value
 
     @torch.no_grad()
     def decompress(
@@ -447,21 +752,24 @@ class CompressionMixin(_ModuleBase):
         target_bytes: int | None = None,
         target_psnr: float | None = None,
         format: str = "lvae",
+        progress: Callable[[str], None] | None = None,
     ) -> CompressResult:
         """Compress an image file to ``out_path`` (written atomically; the input is never overwritten).
 
         The image is read by :func:`lvae.io.read_image`: a grayscale source is recorded as gray
         (``result.colour``) and decodes to a gray image; ``result.alpha_dropped`` says that
-        transparency was lost. ``out_path``'s folder is checked for writing before any coding.
+        transparency was lost. ``out_path``'s folder is checked for writing, and ``format``
+        against the model, before any coding. Rate options and ``progress`` as in :meth:`compress`.
         """
         image_path, out_path = Path(image_path), Path(out_path)
+        self._check_format(format)
         if out_path.exists() and image_path.exists() and out_path.resolve() == image_path.resolve():
             raise ValueError(f"refusing to overwrite the input image {image_path} with its compressed file")
         check_writable(out_path)
         loaded = read_image(image_path)
         data, result = self.compress_with_result(
             loaded.tensor, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr,
-            format=format,
+            format=format, progress=progress,
         )
         atomic_write_bytes(out_path, data)
         return replace(result, path=out_path, alpha_dropped=loaded.alpha_dropped)

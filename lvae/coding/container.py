@@ -20,7 +20,7 @@ from ..errors import BitstreamError
 
 __all__ = [
     "Header", "MAGIC", "VERSION", "VERSIONS", "COLOURS", "pack", "unpack", "pack_legacy", "unpack_legacy",
-    "read_header", "parse", "truncate",
+    "read_header", "parse", "truncate", "LEGACY_MODEL",
 ]
 
 MAGIC = b"LVAE"
@@ -305,6 +305,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
 # -- the QARV authors' layout ------------------------------------------------------------------
 _LEGACY_HEAD = struct.Struct("<HHfHHHB")  # H, W, λ, N, H_pad/64, W_pad/64, number of strings
 LEGACY_STRIDE = 64
+# The layout records no model name: it holds the authors' published model, and is read back as it.
+LEGACY_MODEL = "qarv_base"
 
 
 def pack_legacy(lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:

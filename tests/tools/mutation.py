@@ -40,7 +40,8 @@ GROUPS: dict[str, list[str]] = {
     "portable": ["lvae.coding.portable.*"],
     "rans": ["lvae.coding.rans.*"],
     "metrics": ["lvae.metrics.*"],
-    "codec-targets": [f"{C}_search_budget__mutmut_*", f"{C}_search_psnr__mutmut_*", f"{C}_lmb_value__mutmut_*"],
+    "codec-targets": [f"{C}_search_budget__mutmut_*", f"{C}_search_psnr__mutmut_*", f"{C}_lmb_value__mutmut_*",
+                      "lvae.coding.codec.x_find_crossing__mutmut_*"],
     "training-resume": [
         "lvae.training.checkpoint.*", "lvae.training.schedule.*",
         f"{T}_load_state__mutmut_*", f"{T}save_checkpoint__mutmut_*", f"{T}_batches__mutmut_*",
