@@ -75,10 +75,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 # -- the happy paths --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def coded(work):
-    """``lvae compress a.png b.png --out-dir codes --force`` over a stale codes/b.lvae."""
+    """``lvae compress a.png b.png --out-dir codes --force`` over a stale (damaged) codes/b.lvae."""
     codes = work / "codes"
     codes.mkdir()
-    (codes / "b.lvae").write_bytes(b"stale")
+    (codes / "b.lvae").write_bytes(b"LVAE\x02stale")  # lvae's magic: a file lvae wrote, so --force replaces it
     proc = run(work, "compress", work / "a.png", work / "b.png", "--out-dir", codes, "--force", *with_weights(work))
     return proc, codes
 
@@ -171,7 +171,7 @@ def test_compress_bad_inputs_are_reported_and_skipped(work, tmp_path):
     (tmp_path / "folder.png").mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "b.lvae").write_bytes(b"old")
+    (out / "b.lvae").write_bytes(b"LVAE old")  # a file lvae wrote (its magic): --force would replace it
     inputs = [tmp_path / "missing.png", tmp_path / "text.png", work / "a.png", tmp_path / "empty.jpg",
               tmp_path / "folder.png", work / "b.png"]
     proc = run(work, "compress", *inputs, "--out-dir", out, *with_weights(work))
@@ -182,15 +182,15 @@ def test_compress_bad_inputs_are_reported_and_skipped(work, tmp_path):
     assert errors[1].startswith(f"lvae: error: {inputs[1]}: cannot read") and "as an image" in errors[1]
     assert errors[2].startswith(f"lvae: error: {inputs[3]}: cannot read")
     assert errors[3] == f"lvae: error: {inputs[4]}: not a regular file"
-    assert errors[4] == f"lvae: error: {inputs[5]}: the output {out / 'b.lvae'} exists; pass --force to overwrite it"
+    assert errors[4] == f"lvae: error: {inputs[5]}: the output {out / 'b.lvae'} exists; pass --force to replace it"
     assert len(proc.stdout.splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["a.lvae", "b.lvae"]
-    assert (out / "b.lvae").read_bytes() == b"old"
+    assert (out / "b.lvae").read_bytes() == b"LVAE old"
 
 
 def test_bad_lambda_and_impossible_targets_leave_existing_output_alone(work, tmp_path):
     out = tmp_path / "kept.lvae"
-    out.write_bytes(b"precious")
+    out.write_bytes(b"LVAE precious")  # lvae's magic: --force may replace it, a failed encode must not
     cases = [
         (["--lmb", "5000"], "outside this model's range [16, 2048]"),
         (["--bytes", "3"], "impossible target"),
@@ -202,7 +202,7 @@ def test_bad_lambda_and_impossible_targets_leave_existing_output_alone(work, tmp
         errors = error_lines(proc)
         assert len(errors) == 1 and errors[0].startswith(f"lvae: error: {work / 'a.png'}: ")
         assert message in errors[0]
-        assert out.read_bytes() == b"precious"
+        assert out.read_bytes() == b"LVAE precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.lvae"]  # no temporary files left
 
 
@@ -245,7 +245,8 @@ def test_decompress_bad_files_are_reported_and_skipped(work, coded, tmp_path):
         "the file is corrupted",
         "made by model 'qarv_base', not by 'qarv_tiny'",
         "neither an lvae file nor an authors' QARV file",
-        "is not an image lvae wrote; choose another name with -o or --out-dir",
+        "is not an image lvae wrote (PNG, JPEG and TIFF carry lvae's mark, other formats cannot); "
+        "choose another name with -o or --out-dir",
     ]
     for error, message in zip(errors, expected, strict=True):
         assert message in error
@@ -382,7 +383,7 @@ def test_truncate_and_progressive_decoding(work, coded, tmp_path):
 def test_truncate_errors(work, coded, tmp_path):
     src = coded[1] / "a.lvae"
     existing = tmp_path / "kept.lvae"
-    existing.write_bytes(b"precious")
+    existing.write_bytes(b"LVAE precious")
     cases = [
         (["--bytes", 10], "impossible budget"),
         (["--latents", 9], "holds 4 latent strings"),
@@ -391,7 +392,7 @@ def test_truncate_errors(work, coded, tmp_path):
         proc = run(work, "truncate", src, "-o", tmp_path / "x.lvae", *extra)
         assert proc.returncode == 1 and message in error_lines(proc)[0]
     proc = run(work, "truncate", src, "-o", existing, "--latents", 1)
-    assert proc.returncode == 1 and "--force" in error_lines(proc)[0] and existing.read_bytes() == b"precious"
+    assert proc.returncode == 1 and "--force" in error_lines(proc)[0] and existing.read_bytes() == b"LVAE precious"
     legacy = tmp_path / "l.bits"
     legacy.write_bytes((DATA / "legacy_lmb16.bits").read_bytes())
     proc = run(work, "truncate", legacy, "-o", tmp_path / "y.lvae", "--latents", 1)

@@ -191,11 +191,11 @@ def test_force_replaces_only_what_lvae_wrote_in_the_coding_commands(work, coded,
     Image.new("RGB", (8, 8), "green").save(photo)
     kept = photo.read_bytes()
     assert lvae_main("compress", work / "a.png", "-o", photo, "--force", "--lmb", 64) == 1
-    assert "is not a file lvae coded" in one_error(capsys)
+    assert "is not a coded file lvae wrote" in one_error(capsys)
     assert lvae_main("decompress", coded, "-o", photo, "--force") == 1
     assert "is not an image lvae wrote" in one_error(capsys)
     assert lvae_main("truncate", coded, "-o", photo, "--latents", 1, "--force") == 1
-    assert "is not a file lvae coded" in one_error(capsys)
+    assert "is not a coded file lvae wrote" in one_error(capsys)
     assert photo.read_bytes() == kept
     # lvae's own outputs are replaced with --force (and only with it)
     own, image = tmp_path / "own.lvae", tmp_path / "own.png"

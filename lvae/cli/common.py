@@ -330,7 +330,8 @@ def make_folder(folder: Path) -> None:
 
 
 # Images lvae writes carry its mark in PNG, JPEG and TIFF only (lvae.io.written_by_lvae).
-IMAGE_LVAE_WROTE = "an image lvae wrote (PNG, JPEG and TIFF carry lvae's mark; other formats cannot)"
+IMAGE_LVAE_WROTE = "an image"
+IMAGE_MARKS = "PNG, JPEG and TIFF carry lvae's mark, other formats cannot"
 
 
 def claim_output(path: Path, force: bool, ours: Callable[[Path], bool], what: str, option: str) -> Path:
@@ -343,7 +344,8 @@ def claim_output(path: Path, force: bool, ours: Callable[[Path], bool], what: st
         raise IsADirectoryError(f"the output {path} is a folder")
     if path.exists():
         if not ours(path):
-            raise FileExistsError(f"the output {path} exists and is not {what} lvae wrote; "
+            note = f" ({IMAGE_MARKS})" if what == IMAGE_LVAE_WROTE else ""
+            raise FileExistsError(f"the output {path} exists and is not {what} lvae wrote{note}; "
                                   f"choose another name with {option}")
         if not force:
             raise FileExistsError(f"the output {path} exists; pass --force to replace it")
@@ -380,7 +382,7 @@ class Outputs:
         # before any decoding or encoding: name the real output, not a temporary
         if self.keep_name:
             return claim_output(out, self.force, written_by_lvae, IMAGE_LVAE_WROTE, "-o or --out-dir")
-        return claim_output(out, self.force, coded_by_lvae, "a file lvae coded", "-o or --out-dir")
+        return claim_output(out, self.force, coded_by_lvae, "a coded file", "-o or --out-dir")
 
     def done(self, out: Path) -> None:
         self.written.add(out.resolve())
