@@ -53,9 +53,10 @@ class Settings:
                      "train_fp32": (150, 30), "train_amp": (150, 30)}
         if dry:
             self.caps = {k: (60, 5) for k in self.caps}
-        self.ft_reserve = 15 if dry else 120  # kept free for the fine-tune while earlier steps run
+        self.ft_reserve = 25 if dry else 120  # kept free for the fine-tune while earlier steps run
         self.ft_min = 8 if dry else 45  # a shorter fine-tune is not started
-        self.ft_max = 15 if dry else math.inf  # the dry run's fine-tune is a smoke test
+        # the dry run's fine-tune is a smoke test; 25 s leave room for a slow or busy CPU's start-up
+        self.ft_max = 25 if dry else math.inf
         self.end_margin = 3 if dry else 8  # for the summary after the last step
 
 
@@ -494,7 +495,7 @@ print("GPU_CHECK_INFO " + json.dumps(out))
             it_s, overhead, why = (2.0 if self.s.dry else 5.0), 20.0, why + "; no measured it/s: guessed"
         overhead = max(overhead or 0.0, 5.0)
         # The process needs imports before the trainer's clock starts and a little to exit after it.
-        slack = 6.0 if self.s.dry else 25.0
+        slack = 14.0 if self.s.dry else 25.0
         max_minutes = (budget - slack) / 60.0
         iterations = max(10, int(it_s * max(budget - overhead - slack, 1.0) * 0.97))
         warmup = min(200, iterations // 10)
