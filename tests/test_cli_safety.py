@@ -305,10 +305,10 @@ MOMENTS = [("lvae.cli loading", r"\|\s+(argparse|lvae\.bitstream)$"), ("torch im
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
 def test_ctrl_c_at_any_time_prints_one_line_exits_130_and_leaves_no_partial_output(work, tmp_path):
     out = tmp_path / "out.lvae"
-    # A long job: 14 real encodes of a 768×512 image to meet a byte budget.
+    # A long job: a byte budget for a 768×512 image (forward passes, then real encodes).
     args = ["compress", DATA / "kodim20.png", "-o", out, "--force", "--bytes", 30000]
     for i, moment in enumerate(MOMENTS):
-        out.write_bytes(b"precious")
+        out.write_bytes(b"LVAE precious")  # an (old, damaged) lvae file: --force may replace it
         env = child_env(work, PYTHONPROFILEIMPORTTIME="1") if isinstance(moment, tuple) else child_env(work)
         child = Child([*launcher(module=i % 2 == 1), *map(str, args)], env, work)
         if isinstance(moment, tuple):
@@ -320,7 +320,7 @@ def test_ctrl_c_at_any_time_prints_one_line_exits_130_and_leaves_no_partial_outp
             assert read_header(out.read_bytes()).num_strings > 0
         else:
             assert (rc, err) == (130, ["lvae: interrupted"]), (moment, rc, err[-20:])
-            assert out.read_bytes() == b"precious", moment  # the existing output kept as it was
+            assert out.read_bytes() == b"LVAE precious", moment  # the existing output kept as it was
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.lvae"], moment  # no temporary file left
 
 
