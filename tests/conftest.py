@@ -16,6 +16,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 LAMBDAS = (16, 128, 2048)
 
 
+def exit_status(main, *args) -> int:
+    """A command line's ``main(ARGS)`` run in-process: its exit status (usage errors exit through
+    SystemExit)."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def load_image_tensor(path) -> torch.Tensor:
     arr = np.asarray(Image.open(path).convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255.0

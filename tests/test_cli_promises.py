@@ -33,24 +33,19 @@ from lvae.cli import evaluate, plot
 from lvae.io import load_image, written_by_lvae
 from lvae.utils import datasets
 
+from conftest import exit_status
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("lvae")  # the installed console script
 TINY_IMAGE = (64, 48)
 
 
 def lvae_main(*args) -> int:
-    """``lvae ARGS`` in-process: its exit status (usage errors exit through SystemExit)."""
-    try:
-        return cli.main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    """``lvae ARGS`` in-process: its exit status."""
+    return exit_status(cli.main, *args)
 
 
-def standalone(main, *args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
+standalone = exit_status  # eval-var-rate.py's or lvae plot's main, in-process
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,12 @@ from lvae.bitstream import LEGACY_MODEL, read_header
 from lvae.cli import interrupt
 from lvae.io import read_image
 
+from conftest import exit_status
+
 
 def lvae_main(*args) -> int:
-    """``lvae ARGS`` in-process: its exit status (usage errors exit through SystemExit)."""
-    try:
-        return cli.main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    """``lvae ARGS`` in-process: its exit status."""
+    return exit_status(cli.main, *args)
 
 
 @pytest.fixture(scope="module")

@@ -636,16 +636,20 @@ class CompressionMixin(_ModuleBase):
                 f"below {target:g} dB"
             )
 
+        def lowest_reaching(probes: list[Probe], probe: Callable[[float], Probe]) -> Probe:
+            """The lowest-λ probe reaching the target; if none does, the end of the range decides."""
+            reached = [p for p in probes if p.high]
+            if not reached:
+                top = max(probes, key=lambda p: p.t)
+                if top.t < hi:  # stopped before the end of the range (MAX_PROBES)
+                    top = probe(hi)
+                if not top.high:
+                    raise impossible(top)
+                reached = [top]
+            return min(reached, key=lambda p: p.t)
+
         guide = find_crossing(estimate, lo, hi, mid, _PSNR_SLOPE, target, LMB_TOLERANCE)
-        reached = [p for p in guide if p.high]
-        if not reached:
-            top = max(guide, key=lambda p: p.t)
-            if top.t < hi:  # stopped before the end of the range (MAX_PROBES): the end decides
-                top = estimate(hi)
-            if not top.high:
-                raise impossible(top)
-            reached = [top]
-        first = min(reached, key=lambda p: p.t)
+        first = lowest_reaching(guide, estimate)
         data = steps.encode(first.lmb)
         quality = steps.measure(data)
         if quality >= target:
@@ -661,15 +665,7 @@ class CompressionMixin(_ModuleBase):
 
         done = find_crossing(real, lo, hi, first.t + LMB_TOLERANCE, _local_slope(guide, first.t, _PSNR_SLOPE), target,
                              LMB_TOLERANCE, known=[Probe(first.lmb, quality, False, data)])
-        reached = [p for p in done if p.high]
-        if not reached:
-            top = max(done, key=lambda p: p.t)
-            if top.t < hi:  # stopped before the end of the range (MAX_PROBES): the end decides
-                top = real(hi)
-            if not top.high:
-                raise impossible(top)
-            reached = [top]
-        best = min(reached, key=lambda p: p.t)
+        best = lowest_reaching(done, real)
         assert best.data is not None
         return best.lmb, best.data, best.value
 
