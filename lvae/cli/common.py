@@ -221,7 +221,8 @@ def add_output_options(p: argparse.ArgumentParser, name: str) -> None:
     out.add_argument("-o", "--output", metavar="OUT",
                      help="output file (only with a single input; its folder is created if needed)")
     out.add_argument("--out-dir", metavar="DIR", help=f"write {name} files into DIR (created if needed)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs (never the input itself)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="replace existing outputs that lvae wrote (never another file, never the input)")
 
 
 def add_force_option(p: argparse.ArgumentParser, what: str) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io import WRITER_TAG
 from . import anchors
 from .results import load_results
 
@@ -35,7 +36,7 @@ __all__ = [
 
 # The formats a figure is written in, by suffix, and the mark each carries (matplotlib's metadata).
 FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
-_WRITER = "lvae"
+_WRITER = WRITER_TAG  # the mark lvae.io puts in the images it writes
 _MARKS = {"png": {"Software": _WRITER}, "pdf": {"Creator": _WRITER}, "svg": {"Creator": _WRITER}}
 _SVG_MARK = re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + _WRITER.encode() + rb"</dc:title>")
 
