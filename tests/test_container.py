@@ -410,7 +410,7 @@ def test_truncate_refuses_impossible_counts(k):
 
 
 def test_truncate_refuses_the_authors_layout():
-    with pytest.raises(BitstreamError, match="^the authors' QARV layout cannot be truncated \\(it has no field for "
+    with pytest.raises(BitstreamError, match="^the authors' layouts cannot be truncated \\(they have no field for "
                                              "missing strings\\); re-encode the image in the lvae format$"):
         bitstream.truncate(legacy_by_hand(), 1)
 

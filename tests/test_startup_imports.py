@@ -62,7 +62,7 @@ def test_light_commands_import_neither_torch_nor_compressai(argv, expect):
 def test_import_lvae_is_light_and_submodules_load_on_use():
     code = (
         "import sys, lvae\n"
-        "light = 'torch' not in sys.modules and 'lvae.models.qarv' not in sys.modules\n"
+        "light = 'torch' not in sys.modules and 'lvae.models.qarv' not in sys.modules and 'lvae.models.qres' not in sys.modules\n"
         "names = lvae.list_models()\n"
         "sub = lvae.bitstream.__name__, lvae.metrics.bd_rate.__module__\n"
         "still_light = 'torch' not in sys.modules\n"
@@ -71,7 +71,8 @@ def test_import_lvae_is_light_and_submodules_load_on_use():
     proc = run_child(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [
-        "True", "True", "['qarv_base',", "'qarv_small',", "'qarv_tiny']", "('lvae.bitstream',", "'lvae.metrics')"
+        "True", "True", "['qarv_base',", "'qarv_small',", "'qarv_tiny',", "'qres17m',", "'qres34m',", "'qres_tiny']",
+        "('lvae.bitstream',", "'lvae.metrics')"
     ]
 
 
@@ -103,6 +104,9 @@ def test_builtin_models_register_without_importing_the_network():
         "qarv_base": ["lvae.models.zoo", True],
         "qarv_small": ["lvae.models.zoo", True],
         "qarv_tiny": ["lvae.models.zoo", False],
+        "qres17m": ["lvae.models.zoo", True],
+        "qres34m": ["lvae.models.zoo", True],
+        "qres_tiny": ["lvae.models.zoo", False],
     }
     assert light and loaded
 

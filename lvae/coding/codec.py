@@ -47,6 +47,7 @@ from ..errors import BitstreamError
 from ..io import atomic_write_bytes, check_writable, read_image
 from ..metrics import mse_to_psnr
 from . import container as bitstream
+from . import pickled
 from .container import LEGACY_MODEL
 from .determinism import coding_arithmetic
 from .gaussian import entropy_coder_keys
@@ -63,6 +64,16 @@ MAX_PROBES = 20  # the most steps (forward passes, or encodes) of one phase of a
 _OUTWARD_STEPS = 2  # extrapolations before each outward step must double the last one
 DEFAULT_MAX_PIXELS = 2**28  # ≈ 268 megapixels: refuse to decode headers that claim more
 FORMATS = ("lvae", "legacy")
+MEMBERS_KEPT = 2  # sibling members of a fixed-λ family kept loaded (each a whole network)
+
+
+@dataclass
+class _FamilyLink:
+    """A member's way to its siblings: the family's λ, a loader, and the members loaded so far."""
+
+    lambdas: tuple[float, ...]
+    load: Callable[[float], CompressionMixin]
+    cache: dict[float, CompressionMixin]
 
 
 @dataclass(frozen=True)
@@ -275,7 +286,7 @@ class _Steps:
 
     def encode(self, lmb: float) -> bytes:
         self.encodes += 1
-        data = self.model._encode(self.im, lmb, self.format, self.colour)
+        data = self.model.member(lmb)._encode(self.im, lmb, self.format, self.colour)
         self.say(f"λ {lmb:.4g}: {len(data)} bytes")
         return data
 
@@ -284,13 +295,13 @@ class _Steps:
         if self._padded is None:
             self._padded = pad_image(self.im, self.model.max_stride)
         self.forwards += 1
-        bits, x_hat = self.model.estimate_rd(self._padded, lmb)
+        bits, x_hat = self.model.member(lmb).estimate_rd(self._padded, lmb)
         h, w = self.im.shape[2:]
         return bits, delivered_image(x_hat[:, :, :h, :w], self.colour)
 
-    def measure(self, data: bytes) -> float:
-        """The PSNR the file ``data`` delivers (decoded)."""
-        quality = delivered_psnr(self.model.decompress(data), self.source)
+    def measure(self, data: bytes, lmb: float) -> float:
+        """The PSNR the file ``data``, coded at ``lmb``, delivers (decoded)."""
+        quality = delivered_psnr(self.model.member(lmb).decompress(data), self.source)
         self.say(f"decoded: {quality:.2f} dB")
         return quality
 
@@ -299,7 +310,7 @@ class _Steps:
         h, w = self.im.shape[2:]
         empty = [b""] * len(self.model.latent_blocks)
         if self.format == "legacy":
-            return len(bitstream.pack_legacy(1.0, h, w, empty)) + _CODER_BYTES_PER_STRING * len(empty)
+            return len(self.model._pack_legacy(1.0, h, w, empty)) + _CODER_BYTES_PER_STRING * len(empty)
         fingerprint = weights_fingerprint(self.model)
         container = len(bitstream.pack(self.model.name or "?", 1.0, h, w, empty, checks=[0] * len(empty),
                                        fingerprint=fingerprint, colour=self.colour))
@@ -368,6 +379,68 @@ class CompressionMixin(_ModuleBase):
     #: model name and lvae reads it back as :data:`LEGACY_MODEL`, so every other model refuses to
     #: write it; a model family with an authors' layout of its own overrides this.
     legacy_layout_models: tuple[str, ...] = (LEGACY_MODEL,)
+    #: Which authors' layout ``format='legacy'`` means for this model: ``"qarv"`` (the QARV binary
+    #: layout) or ``"pickle"`` (QRes-VAE's pickled list, read without unpickling: :mod:`.pickled`).
+    legacy_layout: str = "qarv"
+
+    # -- operating points: one continuous range, or fixed-λ members ----------------------------
+    @property
+    def lambdas(self) -> tuple[float, ...] | None:
+        """None: the model codes at any λ in :attr:`lmb_range`. Otherwise the λ it codes at, each by
+        a network of its own (a fixed-λ family's members, :meth:`member`): the family's published
+        set for a member loaded with ``pretrained=True``, else its own λ alone."""
+        link = self.__dict__.get("_lvae_family")
+        if link is not None:
+            return link.lambdas
+        lo, hi = self.lmb_range
+        return (float(lo),) if lo == hi else None
+
+    def link_family(self, lambdas: Sequence[float], load: Callable[[float], CompressionMixin]) -> None:
+        """Called by the registry for a member with published weights: ``load(λ)`` builds the
+        member of λ (one of ``lambdas``), so that this model codes and decodes at all of them."""
+        self.__dict__["_lvae_family"] = _FamilyLink(tuple(float(v) for v in lambdas), load, {})
+
+    def member(self, lmb: float) -> CompressionMixin:
+        """The model that codes at ``lmb``: this one for a variable-rate model or this member's own
+        λ; a sibling member otherwise, loaded on first use (kept for the next call: the last
+        :data:`MEMBERS_KEPT`), on this model's device and in its mode. A λ that is not a member
+        raises ValueError listing the members."""
+        lambdas = self.lambdas
+        if lambdas is None:
+            return self
+        value = float(lmb)
+        if abs(value - self.default_lmb) <= 1e-6 * self.default_lmb:
+            return self
+        link = self.__dict__.get("_lvae_family")
+        match = [v for v in lambdas if abs(value - v) <= 1e-6 * v]
+        members = "{" + ", ".join(f"{v:g}" for v in lambdas) + "}"
+        if not match or link is None:
+            alone = "" if link is not None else (
+                f" (this network was not loaded with pretrained=True, so it has no siblings: load the member of "
+                f"λ={value:g} with lvae.get_model({self.name!r}, lmb={value:g}, pretrained=True))"
+            )
+            raise ValueError(f"{self.name or 'this model'} codes at λ ∈ {members}, not λ={value:g}{alone}")
+        key = match[0]
+        cached = link.cache.pop(key, None)
+        if cached is None:
+            cached = link.load(key)
+            cached.__dict__["_lvae_family"] = link  # the siblings share one cache
+        link.cache[key] = cached  # most recent last
+        while len(link.cache) > MEMBERS_KEPT:
+            link.cache.pop(next(iter(link.cache)))
+        device = next(self.parameters()).device
+        return cached.to(device).train(self.training)
+
+    def _pack_legacy(self, lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:
+        """The authors' layout of this model (:attr:`legacy_layout`)."""
+        if self.legacy_layout == "pickle":
+            top = (1, self._top_channels(), -(-height // self.max_stride), -(-width // self.max_stride))
+            return pickled.pack_qres_legacy(strings, top, height, width)
+        return bitstream.pack_legacy(lmb, height, width, strings)
+
+    def _top_channels(self) -> int:
+        """The channels of the decoder's top feature (recorded by the pickled layout)."""
+        raise NotImplementedError("a model with the pickled authors' layout says its top feature's channels")
 
     if TYPE_CHECKING:
         name: str | None
@@ -427,7 +500,7 @@ class CompressionMixin(_ModuleBase):
         coded = [c[0] for c in per_block]  # the batch's one image
         strings = [c.string for c in coded]
         if format == "legacy":
-            return bitstream.pack_legacy(lmb, h, w, strings)
+            return self._pack_legacy(lmb, h, w, strings)
         if not self.name:
             raise ValueError("the model has no registered name to record in the file; build it with lvae.get_model()")
         checks = [c.check for c in coded if c.check is not None]
@@ -495,6 +568,10 @@ class CompressionMixin(_ModuleBase):
             raise ValueError(
                 f"give at most one of lmb, target_bpp, target_bytes, target_psnr (got {', '.join(chosen)})"
             )
+        if lmb is not None and self.lambdas is not None:
+            other = self.member(lmb)
+            if other is not self:  # another network codes at that λ
+                return other.compress_with_result(im, lmb, format=format, compute_psnr=compute_psnr, progress=progress)
         source = _check_input(im).to(next(self.parameters()).device)
         h, w = source.shape[2:]
         # A gray source is coded as three equal channels; only the lvae container records "gray".
@@ -519,16 +596,22 @@ class CompressionMixin(_ModuleBase):
                 def unit(n: int) -> str:
                     return f"{n} bytes"
                 asked = f"{budget} bytes"
-            value, data = self._search_budget(steps, budget, unit, asked)
+            if self.lambdas is not None:
+                value, data = self._members_budget(steps, budget, unit, asked)
+            else:
+                value, data = self._search_budget(steps, budget, unit, asked)
         elif target_psnr is not None:
             if not math.isfinite(target_psnr):
                 raise ValueError(f"target_psnr must be a finite number, got {target_psnr}")
-            value, data, quality = self._search_psnr(steps, float(target_psnr))
+            if self.lambdas is not None:
+                value, data, quality = self._members_psnr(steps, float(target_psnr))
+            else:
+                value, data, quality = self._search_psnr(steps, float(target_psnr))
         else:
             value = self._lmb_value(self.default_lmb if lmb is None else lmb)
             data = steps.encode(value)
         if compute_psnr and math.isnan(quality):
-            quality = steps.measure(data)
+            quality = steps.measure(data, value)
         result = CompressResult(None, len(data), 8 * len(data) / (h * w), quality, value, h, w, steps.encodes, colour,
                                 forward_passes=steps.forwards)
         return data, result
@@ -561,6 +644,58 @@ class CompressionMixin(_ModuleBase):
             im, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr, format=format,
             compute_psnr=False, progress=progress,
         )[0]
+
+    # -- rate targets over fixed-λ members: bisection over the sorted λ --------------------------
+    def _members_budget(
+        self, steps: _Steps, budget: int, unit: Callable[[int], str], asked: str
+    ) -> tuple[float, bytes]:
+        """The highest-λ member whose real file fits ``budget`` bytes, and its file: bisection over
+        the members (size grows with λ), at most ⌈log2(members + 1)⌉ encodes."""
+        lambdas = self.lambdas
+        assert lambdas is not None
+        below, above = -1, len(lambdas)  # the highest member known to fit; the lowest known not to
+        best: tuple[float, bytes] | None = None
+        smallest = 0
+        while above - below > 1:
+            mid = (below + above) // 2
+            data = steps.encode(lambdas[mid])
+            if len(data) <= budget:
+                below, best = mid, (lambdas[mid], data)
+            else:
+                above, smallest = mid, len(data)
+        if best is None:
+            raise ValueError(
+                f"impossible target: even the lowest rate (λ={lambdas[0]:g}) needs {unit(smallest)}, "
+                f"over the target of {asked}"
+            )
+        return best
+
+    def _members_psnr(self, steps: _Steps, target: float) -> tuple[float, bytes, float]:
+        """The lowest-λ member whose decoded image reaches ``target`` dB, its file and PSNR:
+        bisection over the members on :meth:`estimate_rd` (the decoded image itself, no coding),
+        then one encode, measured (should it fall short, the next members are coded in turn)."""
+        lambdas = self.lambdas
+        assert lambdas is not None
+        below, above = -1, len(lambdas)
+        top = -math.inf
+        while above - below > 1:
+            mid = (below + above) // 2
+            q = delivered_psnr(steps.estimate(lambdas[mid])[1], steps.source)
+            steps.say(f"λ {lambdas[mid]:.4g}: {q:.2f} dB (forward pass)")
+            if q >= target:
+                above = mid
+            else:
+                below, top = mid, q
+        quality = top
+        for i in range(above, len(lambdas)):
+            data = steps.encode(lambdas[i])
+            quality = steps.measure(data, lambdas[i])
+            if quality >= target:
+                return lambdas[i], data, quality
+        raise ValueError(
+            f"impossible target: the highest quality of this model (λ={lambdas[-1]:g}) gives {quality:.2f} dB, "
+            f"below {target:g} dB"
+        )
 
     def _search_ends(self) -> tuple[float, float, float]:
         """ln λ at the ends of the range and at the default (float32 values)."""
@@ -651,7 +786,7 @@ class CompressionMixin(_ModuleBase):
         guide = find_crossing(estimate, lo, hi, mid, _PSNR_SLOPE, target, LMB_TOLERANCE)
         first = lowest_reaching(guide, estimate)
         data = steps.encode(first.lmb)
-        quality = steps.measure(data)
+        quality = steps.measure(data, first.lmb)
         if quality >= target:
             return first.lmb, data, quality
         if first.t >= hi:
@@ -660,7 +795,7 @@ class CompressionMixin(_ModuleBase):
         def real(t: float) -> Probe:
             lmb = self._lmb_value(math.exp(t))
             data = steps.encode(lmb)
-            q = steps.measure(data)
+            q = steps.measure(data, lmb)
             return Probe(lmb, q, q >= target, data)
 
         done = find_crossing(real, lo, hi, first.t + LMB_TOLERANCE, _local_slope(guide, first.t, _PSNR_SLOPE), target,
@@ -692,6 +827,21 @@ class CompressionMixin(_ModuleBase):
         cannot give.
         """
         header, strings = bitstream.parse(data)
+        if header.format == "pickle":
+            if self.legacy_layout != "pickle":
+                raise BitstreamError(
+                    "the file is in the QRes-VAE authors' layout, which records no model: decode it with the QRes-VAE "
+                    f"model that made it (e.g. lvae.get_model('qres34m', lmb=..., pretrained=True)), not {self.name!r}"
+                )
+            header = replace(header, lmb=self.default_lmb)  # the layout records no λ: this network's
+        elif header.model_name == self.name and self.lambdas is not None:
+            if abs(header.lmb - self.default_lmb) > 1e-6 * self.default_lmb:
+                try:
+                    other = self.member(header.lmb)
+                except ValueError as exc:
+                    raise BitstreamError(f"the file was coded at λ={header.lmb:g}: {exc}") from None
+                return other.decompress(data, max_pixels, num_latents=num_latents,
+                                        ignore_weights_mismatch=ignore_weights_mismatch)
         if header.model_name is not None and header.model_name != self.name:
             raise BitstreamError(
                 f"the file was made by model {header.model_name!r}, not {self.name!r}; "

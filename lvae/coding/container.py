@@ -20,7 +20,7 @@ from ..errors import BitstreamError
 
 __all__ = [
     "Header", "MAGIC", "VERSION", "VERSIONS", "COLOURS", "pack", "unpack", "pack_legacy", "unpack_legacy",
-    "read_header", "parse", "truncate", "LEGACY_MODEL",
+    "read_header", "parse", "truncate", "LEGACY_MODEL", "unpack_pickled",
 ]
 
 MAGIC = b"LVAE"
@@ -42,10 +42,10 @@ _CRC = struct.Struct("<I")
 class Header:
     """What a container says about the coded image (everything but the strings themselves)."""
 
-    format: str  # "lvae" or "legacy"
-    version: int  # 0 for the authors' layout
-    model_name: str | None  # None in the authors' layout (always qarv_base)
-    lmb: float
+    format: str  # "lvae", "legacy" (the QARV authors' layout) or "pickle" (the QRes-VAE authors')
+    version: int  # 0 for the authors' layouts
+    model_name: str | None  # None in the authors' layouts (QARV's: always qarv_base; QRes-VAE's: unknown)
+    lmb: float  # NaN in the QRes-VAE authors' layout (not recorded)
     height: int
     width: int
     string_lengths: list[int] = field(default_factory=list)
@@ -349,11 +349,35 @@ def unpack_legacy(data: bytes) -> tuple[Header, list[bytes]]:
     return Header("legacy", 0, None, float(lmb), int(height), int(width), lengths, num_latents=n), strings
 
 
+def unpack_pickled(data: bytes) -> tuple[Header, list[bytes]]:
+    """The QRes-VAE authors' pickled layout (read without unpickling: :mod:`.pickled`). It records
+    no model and no λ: the header says ``format='pickle'``, ``model_name`` None and λ NaN."""
+    from .pickled import parse_qres_legacy
+
+    f = parse_qres_legacy(data)
+    if f.lossless:
+        raise BitstreamError("a lossless QRes-VAE file (qres34m_lossless): lvae does not decode the lossless model yet")
+    lengths = [len(s) for s in f.strings]
+    return Header("pickle", 0, None, math.nan, f.height, f.width, lengths, num_latents=len(f.strings)), f.strings
+
+
 def parse(data: bytes) -> tuple[Header, list[bytes]]:
-    """Parse either layout: lvae files are recognised by their magic bytes, else the authors' layout is tried."""
+    """Parse any layout: lvae files are recognised by their magic bytes, the QRes-VAE authors' by a
+    pickle's first two bytes, else the QARV authors' layout is tried."""
+    from .pickled import looks_like_pickle
+
     data = bytes(data)
     if not data:
         raise BitstreamError("empty file")
+    if looks_like_pickle(data):
+        try:
+            return unpack_pickled(data)
+        except BitstreamError as exc:
+            # NOTE: a QARV authors' file of height 640-1407 with some widths starts with these two bytes too.
+            try:
+                return unpack_legacy(data)
+            except BitstreamError:
+                raise exc from None
     if data[: len(MAGIC)] == MAGIC:
         try:
             return unpack(data)
@@ -385,7 +409,7 @@ def truncate(data: bytes, num_latents: int) -> bytes:
     """
     header, strings = parse(data)
     if header.format != "lvae":
-        raise BitstreamError("the authors' QARV layout cannot be truncated (it has no field for missing strings); "
+        raise BitstreamError("the authors' layouts cannot be truncated (they have no field for missing strings); "
                              "re-encode the image in the lvae format")
     if isinstance(num_latents, bool) or int(num_latents) != num_latents or not 0 <= num_latents <= len(strings):
         raise ValueError(f"num_latents must be an integer from 0 to {len(strings)}, got {num_latents!r}")

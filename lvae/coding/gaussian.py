@@ -1,9 +1,13 @@
-"""The discretized Gaussian of QARV's latents: likelihoods, CDF tables and CDF indexes.
+"""The discretized Gaussian of the latents: likelihoods, CDF tables and CDF indexes.
 
 Each coded symbol ``round(z − μ)`` uses one of 64 quantized CDF tables, chosen by its prior
 scale σ: the tables are built for the scales ``exp(linspace(ln 0.11, ln 20, 64))`` and a symbol
 uses the first table whose scale is ≥ σ (σ clamped to ≥ 0.11), exactly as CompressAI's
 ``GaussianConditional`` does — the QARV authors' files depend on that rule.
+
+QRes-VAE's latents use another set (:data:`QRES_TABLES`): 64 tables for the scales
+``exp(linspace(ln 0.1, ln 20, 64))`` as the authors' code computes them (in float32), with σ
+still clamped to ≥ 0.11. Everything below takes the set as an argument (default: QARV's).
 
 The tables are constants: they are shipped with the package (``lvae/data/coding/``) rather
 than rebuilt with floating-point ``erfc`` on each machine, so every machine codes with the same
@@ -28,7 +32,8 @@ from .rans import CdfTables
 __all__ = [
     "SCALE_MIN", "SCALE_MAX", "SCALE_LEVELS", "TAIL_MASS", "LIKELIHOOD_BOUND", "PRECISION",
     "qarv_scale_table", "scale_thresholds", "GaussianTables", "gaussian_tables", "build_cdf_tables",
-    "DiscreteGaussian", "TABLE_BUFFERS", "entropy_coder_keys", "gaussian_bin_nll",
+    "DiscreteGaussian", "TABLE_BUFFERS", "entropy_coder_keys", "gaussian_bin_nll", "QARV_TABLES", "QRES_TABLES",
+    "qres_scale_table",
 ]
 
 SCALE_MIN = 0.11
@@ -40,6 +45,22 @@ PRECISION = 16
 TABLE_FILE = Path(__file__).resolve().parent.parent / "data" / "coding" / "gaussian_cdf_64.json"
 # SHA-256 of the canonical JSON of the tables (cdfs, lengths, offsets): checked at load.
 TABLE_SHA256 = "0e2a74fa14dbd48395578aa34634e0ecdabd1c461530b3a723084e848d9e74ee"
+QRES_TABLE_FILE = TABLE_FILE.parent / "gaussian_cdf_qres_64.json"
+QRES_TABLE_SHA256 = "2c34b73978776e2e2728ce1bab67b7233dfa02d42185e710fe870e3ad4da7be2"
+# The float32 table scales of QRes-VAE (exp(linspace(ln 0.1, ln 20, 64)) in float32, as the authors'
+# code computes them), as their IEEE-754 bit patterns: constants, never recomputed on a machine.
+QRES_SCALE_BITS = (
+    1036831948, 1038009547, 1039290465, 1040435581, 1041193356, 1042017617, 1042914197, 1043889441, 1044950250,
+    1046104132, 1047359254, 1048650250, 1049392763, 1050200423, 1051078947, 1052034550, 1053073995, 1054204639,
+    1055434484, 1056772233, 1057595981, 1058387375, 1059248205, 1060184563, 1061203075, 1062310948, 1063516025,
+    1064826832, 1065802931, 1066578388, 1067421881, 1068339381, 1069337381, 1070422943, 1071603750, 1072888158,
+    1074013541, 1074773380, 1075599887, 1076498908, 1077476808, 1078540507, 1079697535, 1080956076, 1082227735,
+    1082972272, 1083782133, 1084663049, 1085621254, 1086663531, 1087797257, 1089030451, 1090371846, 1091174985,
+    1091968535, 1092831710, 1093770618, 1094791904, 1095902795, 1097111157, 1098425535, 1099381441, 1100159009,
+    1101004800,
+)
+QARV_TABLES = "qarv"
+QRES_TABLES = "qres"
 
 
 def qarv_scale_table() -> list[float]:
@@ -52,14 +73,29 @@ def qarv_scale_table() -> list[float]:
     return [math.exp(math.log(SCALE_MIN) + i * step) for i in range(SCALE_LEVELS)]
 
 
+def qres_scale_table() -> list[float]:
+    """QRes-VAE's 64 table scales (float32 values, as Python floats)."""
+    import struct
+
+    return [struct.unpack("<f", struct.pack("<I", b))[0] for b in QRES_SCALE_BITS]
+
+
+def _table_scales(kind: str) -> list[float]:
+    if kind == QARV_TABLES:
+        return qarv_scale_table()
+    if kind == QRES_TABLES:
+        return qres_scale_table()
+    raise ValueError(f"unknown CDF table set {kind!r}")
+
+
 @functools.cache
-def _thresholds_cpu() -> torch.Tensor:
-    return torch.tensor(qarv_scale_table(), dtype=torch.float32)
+def _thresholds_cpu(kind: str = QARV_TABLES) -> torch.Tensor:
+    return torch.tensor(_table_scales(kind), dtype=torch.float32)
 
 
-def scale_thresholds(device: torch.device | str = "cpu") -> torch.Tensor:
+def scale_thresholds(device: torch.device | str = "cpu", kind: str = QARV_TABLES) -> torch.Tensor:
     """The 64 table scales in float32 (the values σ is compared with), on ``device``."""
-    return _thresholds_cpu().to(device)
+    return _thresholds_cpu(kind).to(device)
 
 
 @dataclass(frozen=True)
@@ -76,7 +112,7 @@ def _canonical_json(cdfs: list[list[int]], lengths: list[int], offsets: list[int
     return json.dumps({"cdfs": cdfs, "lengths": lengths, "offsets": offsets}, separators=(",", ":")).encode()
 
 
-def build_cdf_tables() -> tuple[list[list[int]], list[int], list[int]]:
+def build_cdf_tables(kind: str = QARV_TABLES) -> tuple[list[list[int]], list[int], list[int]]:
     """Build the 64 tables the way CompressAI's ``GaussianConditional.update()`` does, on the CPU.
 
     Returns ``(cdfs, lengths, offsets)``: row ``i`` of ``cdfs`` holds ``lengths[i]`` values (the
@@ -87,7 +123,7 @@ def build_cdf_tables() -> tuple[list[list[int]], list[int], list[int]]:
     from .rans import _load_cxx
 
     pmf_to_quantized_cdf = _load_cxx().pmf_to_quantized_cdf
-    table = torch.tensor(qarv_scale_table(), dtype=torch.float32)
+    table = torch.tensor(_table_scales(kind), dtype=torch.float32)
     multiplier = -float(norm.ppf(TAIL_MASS / 2))
     pmf_center = torch.ceil(table * multiplier).int()
     pmf_length = 2 * pmf_center + 1
@@ -111,9 +147,9 @@ def build_cdf_tables() -> tuple[list[list[int]], list[int], list[int]]:
     return cdfs, lengths, offsets
 
 
-def write_table_file(path: Path = TABLE_FILE) -> str:
+def write_table_file(path: Path = TABLE_FILE, kind: str = QARV_TABLES) -> str:
     """(Re)write the shipped table file; returns its SHA-256. Used once, when the file was made."""
-    cdfs, lengths, offsets = build_cdf_tables()
+    cdfs, lengths, offsets = build_cdf_tables(kind)
     payload = _canonical_json(cdfs, lengths, offsets)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(payload + b"\n")
@@ -121,12 +157,13 @@ def write_table_file(path: Path = TABLE_FILE) -> str:
 
 
 @functools.cache
-def gaussian_tables() -> GaussianTables:
-    """The shipped tables (checked against their SHA-256), converted once per process."""
-    raw = TABLE_FILE.read_bytes().strip()
+def gaussian_tables(kind: str = QARV_TABLES) -> GaussianTables:
+    """The shipped tables of set ``kind`` (checked against their SHA-256), converted once per process."""
+    path, expected = {QARV_TABLES: (TABLE_FILE, TABLE_SHA256), QRES_TABLES: (QRES_TABLE_FILE, QRES_TABLE_SHA256)}[kind]
+    raw = path.read_bytes().strip()
     digest = hashlib.sha256(raw).hexdigest()
-    if digest != TABLE_SHA256:
-        raise RuntimeError(f"the CDF table file {TABLE_FILE} is damaged (SHA-256 {digest[:16]}…); reinstall lvae")
+    if digest != expected:
+        raise RuntimeError(f"the CDF table file {path} is damaged (SHA-256 {digest[:16]}…); reinstall lvae")
     d = json.loads(raw)
     cdfs, lengths, offsets = d["cdfs"], d["lengths"], d["offsets"]
     width = max(len(c) for c in cdfs)
@@ -143,6 +180,8 @@ def gaussian_tables() -> GaussianTables:
 
 class _Bound(nn.Module):
     """Holds one ``bound`` buffer: the published state dict has these two entries per latent."""
+
+    bound: torch.Tensor
 
     def __init__(self, value: float):
         super().__init__()
@@ -166,22 +205,35 @@ class DiscreteGaussian(nn.Module):
     Its state-dict entries are those of CompressAI's ``GaussianConditional`` in the published
     checkpoint: the three table buffers (empty or filled: they are derived data, filled by
     :meth:`fill_tables` for checkpoints that want them, never read for coding) and two bounds.
+    ``kind``: the set of CDF tables (:data:`QARV_TABLES` or :data:`QRES_TABLES`); QRes-VAE's
+    checkpoints also hold CompressAI's ``scale_table`` (empty or filled) and ``scale_bound``.
     """
 
-    def __init__(self):
+    lower_bound_scale: _Bound
+    likelihood_lower_bound: _Bound
+
+    def __init__(self, kind: str = QARV_TABLES):
         super().__init__()
+        self.kind = kind
         for name in TABLE_BUFFERS:
             self.register_buffer(name, torch.zeros(0, dtype=torch.int32))
+        if kind == QRES_TABLES:
+            self.register_buffer("scale_table", torch.zeros(0))
+            self.register_buffer("scale_bound", torch.tensor([SCALE_MIN]))
+        elif kind != QARV_TABLES:
+            raise ValueError(f"unknown CDF table set {kind!r}")
         self.likelihood_lower_bound = _Bound(LIKELIHOOD_BOUND)
         self.lower_bound_scale = _Bound(SCALE_MIN)
 
     def fill_tables(self) -> None:
         """Copy the canonical tables into the state-dict buffers (for checkpoints that carry them)."""
-        t = gaussian_tables()
+        t = gaussian_tables(self.kind)
         device = self.lower_bound_scale.bound.device
         self._quantized_cdf = t.quantized_cdf.to(device)
         self._cdf_length = t.cdf_length.to(device)
         self._offset = t.offset.to(device)
+        if self.kind == QRES_TABLES:
+            self.scale_table = scale_thresholds(device, self.kind)
 
     @property
     def ready(self) -> bool:
@@ -191,7 +243,7 @@ class DiscreteGaussian(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # NOTE: the buffers take whatever size the loaded state dict has (empty or filled).
-        for name in TABLE_BUFFERS:
+        for name in TABLE_BUFFERS + (("scale_table",) if self.kind == QRES_TABLES else ()):
             key = prefix + name
             if key in state_dict and torch.is_tensor(state_dict[key]):
                 current = getattr(self, name)
@@ -217,13 +269,13 @@ class DiscreteGaussian(nn.Module):
         return z_hat, self.likelihood(z_hat, means, scales)
 
     @staticmethod
-    def indexes(scales: torch.Tensor) -> torch.Tensor:
+    def indexes(scales: torch.Tensor, kind: str = QARV_TABLES) -> torch.Tensor:
         """CDF index of each scale: the number of table scales strictly below ``max(σ, 0.11)``.
 
         Float32 comparisons only (no arithmetic), so equal scales give equal indexes on every device.
         """
-        t = scale_thresholds(scales.device)
-        s = torch.clamp_min(scales.float(), t[0])
+        t = scale_thresholds(scales.device, kind)
+        s = torch.clamp_min(scales.float(), SCALE_MIN)
         return torch.searchsorted(t[:-1].contiguous(), s.contiguous(), right=False).to(torch.int32)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import BitstreamError
 from . import portable, rans
-from .gaussian import DiscreteGaussian, gaussian_tables, qarv_scale_table
+from .gaussian import QARV_TABLES, DiscreteGaussian, gaussian_tables, scale_thresholds
 
 __all__ = ["CodedLatent", "MAX_SYMBOL", "encode_latent", "decode_latent", "BlockReport", "trace"]
 
@@ -83,8 +83,11 @@ def _flat_cpu(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return t.detach().to("cpu", dtype).reshape(-1).numpy()
 
 
-def encode_latent(z: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, list[CodedLatent]]:
-    """Entropy-code ``round(z − μ)`` (N×C×H×W) with the prior ``N(μ, σ)``; one string per image."""
+def encode_latent(
+    z: torch.Tensor, means: torch.Tensor, scales: torch.Tensor, kind: str = QARV_TABLES
+) -> tuple[torch.Tensor, list[CodedLatent]]:
+    """Entropy-code ``round(z − μ)`` (N×C×H×W) with the prior ``N(μ, σ)``; one string per image.
+    ``kind``: the set of CDF tables (:mod:`lvae.coding.gaussian`), QARV's by default."""
     symbols = torch.round(z - means)
     # NOTE: CompressAI's range coder loops forever on NaN and on symbols near the int32 limit.
     if not bool(torch.isfinite(symbols).all()) or bool((symbols.abs() > MAX_SYMBOL).any()):
@@ -92,8 +95,8 @@ def encode_latent(z: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) ->
             "latent values are not finite or exceed the entropy coder's range; "
             "the model's weights are probably broken (NaN or diverged)"
         )
-    indexes = DiscreteGaussian.indexes(scales)
-    tables = gaussian_tables().coder
+    indexes = DiscreteGaussian.indexes(scales, kind)
+    tables = gaussian_tables(kind).coder
     coded = []
     for i in range(z.shape[0]):
         idx = _flat_cpu(indexes[i], torch.int32)
@@ -103,20 +106,22 @@ def encode_latent(z: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) ->
     return symbols + means, coded
 
 
-def decode_latent(coded: Sequence[CodedLatent], means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def decode_latent(
+    coded: Sequence[CodedLatent], means: torch.Tensor, scales: torch.Tensor, kind: str = QARV_TABLES
+) -> torch.Tensor:
     """Decode one string per image with the decoder's own prior; returns ``symbols + μ``."""
     if len(coded) != means.shape[0]:
         raise ValueError(f"got {len(coded)} strings for a batch of {means.shape[0]}")
-    indexes = DiscreteGaussian.indexes(scales)
+    indexes = DiscreteGaussian.indexes(scales, kind)
     out = []
     for i, c in enumerate(coded):
         idx = _flat_cpu(indexes[i], torch.int32)
         report = BlockReport("decode", idx.size, c.check is not None)
         try:
             if c.check is not None:
-                values = _decode_checked(c, c.check, idx, scales[i], report)
+                values = _decode_checked(c, c.check, idx, scales[i], report, kind)
             else:
-                values = _decode_unchecked(c.string, idx, scales[i], report)
+                values = _decode_unchecked(c.string, idx, scales[i], report, kind)
         finally:
             _record(report, scales[i])
         # NOTE: via NumPy: torch.tensor() on a list of Python ints takes twice as long.
@@ -126,13 +131,13 @@ def decode_latent(coded: Sequence[CodedLatent], means: torch.Tensor, scales: tor
 
 
 # -- verification and repair ---------------------------------------------------------------------
-def _thresholds() -> np.ndarray:
-    return np.asarray(qarv_scale_table(), dtype=np.float32)
+def _thresholds(kind: str) -> np.ndarray:
+    return scale_thresholds("cpu", kind).numpy()
 
 
-def _try(string: bytes, idx: np.ndarray, report: BlockReport) -> list[int] | None:
+def _try(string: bytes, idx: np.ndarray, report: BlockReport, kind: str) -> list[int] | None:
     """Decode with ``idx``; the symbols if re-encoding them gives ``string`` back, else None."""
-    tables = gaussian_tables().coder
+    tables = gaussian_tables(kind).coder
     report.trials += 1
     idx_list = idx.tolist()
     try:
@@ -148,24 +153,24 @@ def _try(string: bytes, idx: np.ndarray, report: BlockReport) -> list[int] | Non
 
 
 def _decode_checked(
-    c: CodedLatent, check: int, idx: np.ndarray, scales: torch.Tensor, report: BlockReport
+    c: CodedLatent, check: int, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, kind: str
 ) -> list[int]:
     start = time.perf_counter()
     h = portable.index_map_hash(idx)
     target = check ^ zlib.crc32(c.string)
     report.seconds = time.perf_counter() - start
     if h == target:
-        return rans.decode(c.string, idx.tolist(), gaussian_tables().coder)
+        return rans.decode(c.string, idx.tolist(), gaussian_tables(kind).coder)
     try:
-        return _repair_checked(c, idx, scales, report, h ^ target)
+        return _repair_checked(c, idx, scales, report, h ^ target, kind)
     finally:
         report.seconds = time.perf_counter() - start
 
 
 def _repair_checked(
-    c: CodedLatent, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, syndrome: int
+    c: CodedLatent, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, syndrome: int, kind: str
 ) -> list[int]:
-    pos, alt = portable.candidates(_flat_cpu(scales, torch.float32), idx, _thresholds(), limit=48)
+    pos, alt = portable.candidates(_flat_cpu(scales, torch.float32), idx, _thresholds(kind), limit=48)
     if pos.size:
         deltas = portable.pair_hashes(pos, idx[pos]) ^ portable.pair_hashes(pos, alt)
         deltas = [int(v) for v in deltas]
@@ -179,7 +184,7 @@ def _repair_checked(
                 chosen = [j for j in range(k) if mask >> j & 1]
                 fixed = idx.copy()
                 fixed[pos[chosen]] = alt[chosen]
-                values = _try(c.string, fixed, report)
+                values = _try(c.string, fixed, report, kind)
                 if values is not None:
                     report.flips = len(chosen)
                     return values
@@ -193,25 +198,29 @@ def _repair_checked(
     )
 
 
-def _decode_unchecked(string: bytes, idx: np.ndarray, scales: torch.Tensor, report: BlockReport) -> list[int]:
+def _decode_unchecked(
+    string: bytes, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, kind: str
+) -> list[int]:
     start = time.perf_counter()
     try:
-        return _verify_or_search(string, idx, scales, report)
+        return _verify_or_search(string, idx, scales, report, kind)
     finally:
         report.seconds = time.perf_counter() - start  # includes the decode itself: it cannot be separated
 
 
-def _verify_or_search(string: bytes, idx: np.ndarray, scales: torch.Tensor, report: BlockReport) -> list[int]:
-    values = _try(string, idx, report)
+def _verify_or_search(
+    string: bytes, idx: np.ndarray, scales: torch.Tensor, report: BlockReport, kind: str
+) -> list[int]:
+    values = _try(string, idx, report, kind)
     report.trials = 0  # the first decode is not a repair trial
     if values is not None:
         return values
-    pos, alt = portable.candidates(_flat_cpu(scales, torch.float32), idx, _thresholds(), limit=48)
+    pos, alt = portable.candidates(_flat_cpu(scales, torch.float32), idx, _thresholds(kind), limit=48)
     for flips in portable.search_plan(pos.size):
         chosen = list(flips)
         fixed = idx.copy()
         fixed[pos[chosen]] = alt[chosen]
-        values = _try(string, fixed, report)
+        values = _try(string, fixed, report, kind)
         if values is not None:
             report.flips = len(chosen)
             return values

@@ -20,6 +20,7 @@ __all__ = [
     "LambdaEmbedding",
     "Mlp",
     "ConvNeXtBlockAdaLN",
+    "ConvNeXtBlock",
     "patch_downsample",
     "patch_upsample",
     "FeatureMark",
@@ -135,48 +136,31 @@ def _onednn_fused_ok(x: torch.Tensor) -> bool:
     )
 
 
-class ConvNeXtBlockAdaLN(nn.Module):
-    """ConvNeXt block whose LayerNorm is modulated by the λ embedding (the paper's CNB; docs/model.md).
+class _ConvNeXtCore(nn.Module):
+    """What every ConvNeXt block here shares: the depthwise convolution and ``x + gamma · MLP(h)``
+    (fused with oneDNN for CPU inference). Subclasses own the parameters (``gamma``, ``conv_dw``,
+    ``mlp``, in their published state-dict order) and the normalization between the two."""
 
-    ``h = dwconv(x)``; ``h = LN(h)·(1 + scale) + shift`` with ``(shift, scale)`` from the
-    embedding; ``out = x + gamma · MLP(h)``.
-    """
+    dim: int
+    kernel_size: int
+    gamma: nn.Parameter
+    conv_dw: nn.Conv2d
+    mlp: Mlp
 
-    def __init__(
-        self,
-        dim: int,
-        embed_dim: int = 256,
-        kernel_size: int = 7,
-        mlp_ratio: float = 2.0,
-        layer_scale_init: float = 1e-6,
-    ):
-        super().__init__()
-        self.dim = dim
-        self.kernel_size = kernel_size
-        hidden = int(mlp_ratio * dim)
-        # NOTE: parameters are created in this order because it is the published state-dict order.
-        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
-        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim)
-        self.embedding_layer = nn.Sequential(nn.GELU(), nn.Linear(embed_dim, 2 * dim))
-        self.mlp = Mlp(dim, hidden, dim)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv_dw(x)`` for a channels-last ``x``; the output is N, H, W, C (contiguous)."""
         # NOTE: the block runs channels-last: with ``x`` in torch.channels_last the depthwise
         # convolution's output is NHWC in memory, so the permute to N, H, W, C is free, the
         # linears read it in place and the permute back is again channels-last, like ``x``.
-        x = x.contiguous(memory_format=torch.channels_last)
         if self.kernel_size == 1:  # a 1×1 depthwise convolution is a per-channel affine map
             # NOTE: torch runs it as one slow convolution per channel (≈1000 calls a block).
             h = torch.addcmul(self.conv_dw.bias[:, None, None], x, self.conv_dw.weight[:, 0])  # type: ignore[index]
         else:
             h = self.conv_dw(x)
-        h = h.permute(0, 2, 3, 1).contiguous()  # N, H, W, C (no copy when NHWC)
-        shift, scale = self.embedding_layer(emb).chunk(2, dim=1)
-        if h.shape[0] == 1:  # one image: the modulation is the LayerNorm's affine transform
-            h = F.layer_norm(h, (self.dim,), weight=1 + scale[0], bias=shift[0], eps=1e-6)
-        else:
-            h = F.layer_norm(h, (self.dim,), eps=1e-6)
-            h = torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :])
+        return h.permute(0, 2, 3, 1).contiguous()  # N, H, W, C (no copy when NHWC)
+
+    def _mlp_residual(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + gamma · MLP(h)``; ``h`` is N, H, W, C, the result N, C, H, W (channels-last)."""
         if _onednn_fused_ok(h):
             if _BF16_MLPS.get():
                 # NOTE: no fallback here: QARV.set_encoder_precision refuses bfloat16 where
@@ -187,7 +171,7 @@ class ConvNeXtBlockAdaLN(nn.Module):
             except (RuntimeError, AttributeError, NotImplementedError, TypeError):
                 _ONEDNN_FUSED[0] = False  # this torch build lacks the ops: the plain path from now on
         h = self.mlp(h).permute(0, 3, 1, 2)  # N, C, H, W, channels-last in memory
-        return torch.addcmul(x, self.gamma, h)
+        return torch.addcmul(x, self.gamma.view(1, -1, 1, 1), h)
 
     def _mlp_residual_onednn(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``x + gamma · MLP(h)`` as two oneDNN linears with post-ops (CPU inference).
@@ -239,6 +223,62 @@ class ConvNeXtBlockAdaLN(nn.Module):
             torch.add(res[s : s + _MLP_CHUNK_ROWS], linear(part, w2, b2, "none", [], "none"),
                       out=out[s : s + _MLP_CHUNK_ROWS])
         return out.reshape(n, hh, ww, c).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlockAdaLN(_ConvNeXtCore):
+    """ConvNeXt block whose LayerNorm is modulated by the λ embedding (the paper's CNB; docs/model.md).
+
+    ``h = dwconv(x)``; ``h = LN(h)·(1 + scale) + shift`` with ``(shift, scale)`` from the
+    embedding; ``out = x + gamma · MLP(h)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int = 256,
+        kernel_size: int = 7,
+        mlp_ratio: float = 2.0,
+        layer_scale_init: float = 1e-6,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.kernel_size = kernel_size
+        hidden = int(mlp_ratio * dim)
+        # NOTE: parameters are created in this order because it is the published state-dict order.
+        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim)
+        self.embedding_layer = nn.Sequential(nn.GELU(), nn.Linear(embed_dim, 2 * dim))
+        self.mlp = Mlp(dim, hidden, dim)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        h = self._depthwise(x)
+        shift, scale = self.embedding_layer(emb).chunk(2, dim=1)
+        if h.shape[0] == 1:  # one image: the modulation is the LayerNorm's affine transform
+            h = F.layer_norm(h, (self.dim,), weight=1 + scale[0], bias=shift[0], eps=1e-6)
+        else:
+            h = F.layer_norm(h, (self.dim,), eps=1e-6)
+            h = torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :])
+        return self._mlp_residual(h, x)
+
+
+class ConvNeXtBlock(_ConvNeXtCore):
+    """The plain ConvNeXt block (QRes-VAE): ``x + gamma · MLP(LN(dwconv(x)))``, LayerNorm with
+    its own affine parameters; state-dict names and order as timm's ``ConvNeXtBlock``."""
+
+    def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 2.0, layer_scale_init: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        h = F.layer_norm(self._depthwise(x), (self.dim,), self.norm.weight, self.norm.bias, eps=1e-6)
+        return self._mlp_residual(h, x)
 
 
 def patch_downsample(in_ch: int, out_ch: int, rate: int = 2) -> nn.Conv2d:

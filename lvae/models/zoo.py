@@ -13,8 +13,9 @@ from .registry import Weights, register_model
 
 if TYPE_CHECKING:
     from .qarv import QARV
+    from .qres import QResVAE
 
-__all__ = ["qarv_base", "qarv_small", "qarv_tiny", "QARV_SMALL_SHA256"]
+__all__ = ["qarv_base", "qarv_small", "qarv_tiny", "QARV_SMALL_SHA256", "qres34m", "qres17m", "qres_tiny"]
 
 QARV_PAPER = "Duan et al., QARV: Quantization-Aware ResNet VAE for Lossy Image Compression, TPAMI 2023"
 
@@ -84,6 +85,69 @@ def qarv_small(**overrides: Any) -> QARV:
             dec_latent_dims=(16, 16, 32, 8),
             dec_final_depth=2,
             embed_dim=128,
+        ),
+        overrides,
+    )
+
+
+# -- QRes-VAE: one network per λ ------------------------------------------------------------------
+QRES_PAPER = "Duan et al., Lossy Image Compression with Quantized Hierarchical VAEs, WACV 2023"
+_AUTHORS_WEIGHTS = "https://huggingface.co/duanzh0/my-model-weights/resolve/main"
+_AUTHORS_TERMS = "published by the QRes-VAE authors under their own terms (not covered by lvae's MIT license)"
+QRES34M_LAMBDAS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+QRES17M_LAMBDAS = (1, 2, 4, 8, 16, 32, 64, 1024)
+
+
+def _qres(lmb: float, defaults: dict[str, Any], overrides: dict[str, Any]) -> QResVAE:
+    from .qres import QResConfig, QResVAE
+
+    return QResVAE(QResConfig(**{**defaults, **overrides}), lmb=lmb)
+
+
+def _published(family: str, lmb: float) -> Weights:
+    name = f"{family}-lmb{lmb:g}.pt"
+    return Weights(filename=name, url=f"{_AUTHORS_WEIGHTS}/{family}/{name}", license=_AUTHORS_TERMS, paper=QRES_PAPER)
+
+
+@register_model(lambdas=QRES34M_LAMBDAS, weights=lambda lmb: _published("qres34m", lmb))
+def qres34m(lmb: float = 64, **overrides: Any) -> QResVAE:
+    """QRes-VAE (34.0 M parameters), one network per λ ∈ {16, 32, ..., 2048}; trained on ImageNet crops."""
+    return _qres(lmb, {}, overrides)
+
+
+@register_model(lambdas=QRES17M_LAMBDAS, weights=lambda lmb: _published("qres17m", lmb))
+def qres17m(lmb: float = 8, **overrides: Any) -> QResVAE:
+    """QRes-VAE (16.7 M parameters) for 64×64 faces (CelebA), one network per λ ∈ {1, 2, 4, ..., 64, 1024}."""
+    return _qres(
+        lmb,
+        dict(
+            enc_widths=(144, 288, 288, 288),
+            enc_depths=(6, 6, 4, 2),
+            enc_kernels=(7, 5, 3, 1),
+            enc_down=(2, 2, 4),
+            dec_widths=(288, 288, 288, 144),
+            dec_latents=(1, 2, 4, 5),
+            dec_zdims=(16, 8, 6, 4),
+            dec_kernels=(1, 3, 5, 7),
+            dec_up=(("nearest", 4), ("deconv", 3), ("deconv", 5)),
+            im_shift=-0.4356,  # CelebA's mean and 1/std
+            im_scale=3.397893306150187,
+        ),
+        overrides,
+    )
+
+
+@register_model
+def qres_tiny(lmb: float = 64, **overrides: Any) -> QResVAE:
+    """A tiny QRes-VAE (same architecture, narrow and shallow) for fast CPU tests; no weights."""
+    return _qres(
+        lmb,
+        dict(
+            enc_widths=(16, 24, 24, 24, 24),
+            enc_depths=(1, 1, 1, 1, 1),
+            dec_widths=(24, 24, 24, 24, 16),
+            dec_latents=(1, 1, 1, 1, 1),
+            dec_zdims=(4, 4, 4, 4, 4),
         ),
         overrides,
     )
