@@ -59,7 +59,8 @@ def test_seed_command_flags_parse():
         (["--batch_size", "0"], "--batch_size"),
         (["--iterations", "many"], "invalid int"),
         (["--nonsense"], "unrecognized"),
-        (["--transform", "crop=100"], "multiple of 64"),
+        (["--transform", "crop=0"], "positive multiple of the model's stride"),  # the stride itself: once built
+        (["--lmb", "-1"], "--lmb must be a positive number"),
         (["--transform", "size=64"], "crop and hflip"),
         (["--model_args", "__import__('os')"], "cannot parse model arguments"),
         (["--lr_sched", "step"], "invalid choice"),

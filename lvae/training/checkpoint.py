@@ -11,13 +11,16 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
 from ..io import atomic_output
+
+if TYPE_CHECKING:
+    from ..coding.contract import CodingModel
 
 __all__ = [
     "atomic_save",
@@ -87,7 +90,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return dict(ckpt)
 
 
-def param_checksum(model: nn.Module) -> str:
+def param_checksum(model: nn.Module | CodingModel) -> str:
     """SHA-256 (first 16 hex digits) of all parameter bytes: equal on ranks whose weights are identical.
 
     NOTE: copies every parameter to the CPU; call it at checkpoint time, not every step.

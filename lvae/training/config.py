@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
-from ..models.qarv import MAX_STRIDE
+from ..models.registry import default_member, model_lambdas
 from ..utils.args import OneLineArgumentParser, parse_model_args
 
 __all__ = [
-    "ConfigError", "TrainingError", "TrainConfig", "build_parser", "parse_args", "merge_for_resume", "LR_SCHEDULES",
+    "ConfigError", "TrainingError", "TrainConfig", "build_parser", "parse_args", "merge_for_resume", "resolve_member",
+    "LR_SCHEDULES",
 ]
 
 LR_SCHEDULES = ("const-0.5-cos", "cosine", "constant")
@@ -45,11 +46,14 @@ class TrainConfig:
 
     model: str = "qarv_base"
     model_args: dict[str, Any] = field(default_factory=dict)
+    # A fixed-λ family trains one member per run: its λ (default: the family's default member,
+    # written down when the run starts). None for a variable-rate model, which trains all its λ.
+    lmb: float | None = None
     trainset: str = "coco-train2017"
-    crop: int = 256  # random square crops; must be a multiple of the model's stride (64)
+    crop: int = 256  # random square crops; a multiple of the model's max_stride (64 for the published models)
     hflip: bool = True
     valset: str = "kodak"  # "none" disables validation
-    val_steps: int = 8  # λ values, log-spaced over the model's range
+    val_steps: int = 8  # λ values, log-spaced over the model's range (a fixed-λ member: its own λ alone)
     val_every: int = 2000
     ckpt_every: int = 2000  # a crash loses at most one validation period
     log_every: int = 100
@@ -86,8 +90,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.crop < MAX_STRIDE or self.crop % MAX_STRIDE:
-            raise ConfigError(f"the crop size must be a positive multiple of {MAX_STRIDE}, got {self.crop}")
+        # The model's max_stride is checked once it is built (Trainer): only the model knows it.
+        if self.crop < 1:
+            raise ConfigError(f"the crop size must be a positive multiple of the model's stride, got {self.crop}")
+        if self.lmb is not None and not (math.isfinite(self.lmb) and self.lmb > 0):
+            raise ConfigError(f"--lmb must be a positive number, got {self.lmb}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.lr_sched not in LR_SCHEDULES:
@@ -151,12 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = _Parser(
         prog="train-var-rate.py",
-        description="Train a variable-rate QARV model (single process, or one process per GPU under torchrun).",
+        description="Train a model: a variable-rate one over its whole λ range, or one member (--lmb) of a "
+        "fixed-λ family (single process, or one process per GPU under torchrun).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", type=str, default=d.model, help="registered model name (lvae.list_models())")
     g.add_argument("--model_args", type=str, default="", help="architecture overrides, e.g. 'dec_final_depth=2'")
+    g.add_argument("--lmb", type=float, default=None,
+                   help="a fixed-λ family (e.g. qres34m): the λ of the member to train, one run per λ; None: the "
+                   "family's default member. A variable-rate model trains every λ of its range and takes none")
     g.add_argument("--weights", type=str, default=None, help="initialise from this checkpoint (a new run)")
     g = p.add_argument_group("data")
     g.add_argument("--trainset", type=str, default=d.trainset, help="image folder or known data set name")
@@ -223,6 +234,29 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, set[str]
     if cfg.resume and cfg.weights:
         raise ConfigError("--resume and --weights exclude each other (--weights starts a new run)")
     return cfg, explicit
+
+
+def resolve_member(cfg: TrainConfig) -> float | None:
+    """The λ of the member a run trains: ``--lmb``, else the family's default member; None for a
+    variable-rate model. A registered name is needed (``ValueError`` listing the known ones);
+    ``--lmb`` for a variable-rate model, or a family without a default and no ``--lmb``, raise
+    :class:`ConfigError`."""
+    lambdas = model_lambdas(cfg.model)
+    if "lmb" in cfg.model_args:
+        raise ConfigError("give the λ of a fixed-λ family's member with --lmb, not in --model_args")
+    if lambdas is None:
+        if cfg.lmb is not None:
+            raise ConfigError(f"--lmb chooses the member of a fixed-λ family, but {cfg.model} is a variable-rate model "
+                              "that trains every λ of its range at once: leave --lmb out")
+        return None
+    if cfg.lmb is not None:
+        return float(cfg.lmb)
+    default = default_member(cfg.model)
+    if default is None:
+        known = ", ".join(f"{v:g}" for v in lambdas)
+        raise ConfigError(f"{cfg.model} is a fixed-λ family: choose the member to train with --lmb "
+                          f"(its published members: λ ∈ {{{known}}})")
+    return default
 
 
 def merge_for_resume(saved: dict[str, Any], cfg: TrainConfig, explicit: set[str]) -> TrainConfig:

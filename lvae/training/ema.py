@@ -8,9 +8,11 @@ from typing import Generic, TypeVar
 import torch
 import torch.nn as nn
 
+from ..coding.contract import CodingModel
+
 __all__ = ["ModelEma"]
 
-M = TypeVar("M", bound=nn.Module)
+M = TypeVar("M", bound=nn.Module | CodingModel)  # any module; the trainer's model as the contract types it
 
 
 # Not timm's ModelEmaV3 (its warm-up is 1 − (1 + t/γ)^−p, not ours) nor torch's AveragedModel (no warm-up).
@@ -19,7 +21,7 @@ class ModelEma(Generic[M]):
 
     ``d = decay · (1 − exp(−step / warmup))``: early on the average follows the model closely,
     later it averages over about ``1 / (1 − decay)`` steps. ``warmup = 0`` keeps ``d = decay``.
-    Buffers (QARV's are entropy-coder constants) are copied, not averaged.
+    Buffers (e.g. entropy-coder constants) are copied, not averaged.
     """
 
     def __init__(self, model: M, decay: float = 0.9999, warmup: float = 10000.0):
@@ -27,7 +29,10 @@ class ModelEma(Generic[M]):
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.warmup = warmup
-        self.module: M = copy.deepcopy(model).eval().requires_grad_(False)
+        module = copy.deepcopy(model)
+        module.eval()
+        module.requires_grad_(False)
+        self.module: M = module
 
     def decay_at(self, step: int) -> float:
         if self.warmup <= 0:
@@ -35,7 +40,7 @@ class ModelEma(Generic[M]):
         return self.decay * (1.0 - math.exp(-step / self.warmup))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module | CodingModel, step: int) -> None:
         """Fold ``model``'s current weights in, after optimizer step number ``step`` (1-based)."""
         weight = 1.0 - self.decay_at(step)
         ema_params: list[torch.Tensor] = list(self.module.parameters())

@@ -1,4 +1,5 @@
-"""The variable-rate training loop behind ``train-var-rate.py``.
+"""The training loop behind ``train-var-rate.py``: a variable-rate model over its λ range, or one
+member of a fixed-λ family at its λ (``--lmb``).
 
 One :class:`Trainer` per process. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel, every rank reads its own shard of the data, and rank 0 alone writes the
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -28,8 +29,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import __version__
+from ..coding.contract import CodingModel, require_contract
 from ..errors import LvaeError
-from ..models.registry import load_model, model_weights
+from ..models.registry import load_model
 from ..models.weights import load_checkpoint_state_dict, load_state_dict_strict
 from ..utils.datasets import IMAGE_EXTENSIONS, resolve_dataset
 from .checkpoint import (
@@ -43,16 +45,20 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
-from .config import ConfigError, TrainConfig, TrainingError, merge_for_resume, parse_args
+from .config import ConfigError, TrainConfig, TrainingError, merge_for_resume, parse_args, resolve_member
 from .data import ImageFolderCrops, ResumableDistributedSampler, has_images, worker_init
 from .distributed import DistContext, cleanup_distributed, setup_distributed
 from .ema import ModelEma
 from .schedule import SpikeGuard, lr_factor
 from .tracking import RunLog, check_wandb, init_wandb
-from .validation import anchor_curve, bd_rate_vs_anchor, evaluate, load_validation_images, validation_lambdas
-
-if TYPE_CHECKING:
-    from ..models.qarv import QARV
+from .validation import (
+    MIN_BD_POINTS,
+    anchor_curve,
+    bd_rate_vs_anchor,
+    evaluate,
+    load_validation_images,
+    validation_lambdas,
+)
 
 __all__ = ["Trainer", "param_groups", "cuda_training_flags", "training_loss", "available_cpus", "format_duration",
            "main"]
@@ -97,7 +103,7 @@ def _say(message: str) -> None:
     tqdm.write(f"{PROG}: {message}", file=sys.stderr)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module | CodingModel, weight_decay: float) -> list[dict[str, Any]]:
     """Two Adam groups: weight decay on weight matrices and kernels only, never on biases,
     per-channel gains (``gamma``), norms or the decoder's learned input ``bias``."""
     decay: list[nn.Parameter] = []
@@ -153,8 +159,8 @@ def training_loss(out: dict[str, torch.Tensor], im: torch.Tensor, loss_norm: str
     """The loss to minimise: the model's ``loss`` (``mean(R + λ·D)``), or with ``loss_norm='lmb'``
     each image's ``R + λ·D`` (the model's ``rd``) weighted by ``lmb_mid / λ``.
 
-    The model alone computes R + λ·D (:meth:`lvae.models.QARV.forward`); ``im``, the batch, is
-    not needed for that and is kept for callers.
+    The model alone computes R + λ·D (:meth:`lvae.coding.contract.CodingModel.forward`); ``im``,
+    the batch, is not needed for that and is kept for callers.
 
     NOTE: the weighting leaves each image's optimum unchanged, but without it the images with a
     large λ dominate the gradient, and a short run learns a rate that hardly depends on λ.
@@ -176,7 +182,7 @@ class Trainer:
             cfg, ckpt = self._read_resume_checkpoint(cfg, explicit or set())
         self.cfg = cfg
         self._check_preconditions()  # before anything heavy is built or anything is written
-        self._setup_model_and_optimizer(load_weights=ckpt is None)  # a resumed run's weights come from last.pt
+        self._setup_model_and_optimizer(ckpt)
         self._setup_data()
         self._setup_validation()
         self._setup_resume_state(ckpt)
@@ -192,15 +198,17 @@ class Trainer:
     def _check_preconditions(self) -> None:
         """Check, cheaply and before the model, the data or the run folder are made, everything a
         run needs (the device itself was checked when it was picked, :func:`setup_distributed`):
-        ``--amp`` on CUDA only, the model name, W&B (when asked for), the run folder (free, or the
-        resumed one, and writable), ``--weights``, the training and validation folders (each with
-        an image). Then say what will not be as asked: data-loading workers beyond the CPUs are cut
-        to their number (one line, instead of torch's warnings), and a default device that fell
-        back to the CPU is named (one line: training will be slow)."""
+        ``--amp`` on CUDA only, the model name and ``--lmb`` (a fixed-λ family's member, which is
+        written into the config), W&B (when asked for), the run folder (free, or the resumed one,
+        and writable), ``--weights``, the training and validation folders (each with an image).
+        The crop size is checked against the model's stride once the model is built
+        (:meth:`_setup_model_and_optimizer`). Then say what will not be as asked: data-loading
+        workers beyond the CPUs are cut to their number (one line, instead of torch's warnings),
+        and a default device that fell back to the CPU is named (one line: training will be slow)."""
         cfg, ctx = self.cfg, self.ctx
         if cfg.amp and ctx.device.type != "cuda":
             raise ConfigError("--amp needs a CUDA device")
-        model_weights(cfg.model)  # an unknown name raises here, with the known ones
+        cfg.lmb = resolve_member(cfg)  # an unknown name raises here, with the known ones
         # rank 0 alone writes the run folder and talks to W&B; under torchrun its failure stops every rank
         self._planned_run_dir = Path(ctx.run_on_primary(self._check_outputs))
         if cfg.weights and self.resume_path is None and not Path(cfg.weights).expanduser().is_file():
@@ -260,16 +268,24 @@ class Trainer:
             raise ConfigError(f"{resume_path} was written for another model than its config names")
         return cfg, ckpt
 
-    def _setup_model_and_optimizer(self, load_weights: bool) -> None:
-        """The model (``--weights`` loaded if ``load_weights``), Adam, the gradient scaler, the EMA
-        and the spike guard; the step counters at zero."""
+    def _setup_model_and_optimizer(self, ckpt: dict[str, Any] | None) -> None:
+        """The model with its first weights (a resumed run's from ``last.pt``, else ``--weights``,
+        else random), Adam, the gradient scaler, the EMA and the spike guard; the step counters at zero."""
         cfg = self.cfg
         # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
-        model = load_model(cfg.model, "random", model_args=cfg.model_args, device=self.ctx.device, coding=False)
-        self.model = cast("QARV", model)
-        if cfg.weights and load_weights:
-            load_state_dict_strict(self.model, load_checkpoint_state_dict(cfg.weights), source=cfg.weights)
+        member = {} if cfg.lmb is None else {"lmb": cfg.lmb}
+        module = load_model(cfg.model, "random", model_args={**cfg.model_args, **member}, device=self.ctx.device,
+                            coding=False)
+        if ckpt is not None:
+            load_state_dict_strict(module, ckpt["model"], source="last.pt")
+        elif cfg.weights:
+            load_state_dict_strict(module, load_checkpoint_state_dict(cfg.weights), source=cfg.weights)
+        self.model: CodingModel = require_contract(module, cfg.model)
+        stride = self.model.max_stride
+        if cfg.crop % stride:
+            raise ConfigError(f"the crop size must be a positive multiple of {stride} (the stride of {cfg.model}), "
+                              f"got {cfg.crop}")
         self.model.train()
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg.wdecay), lr=cfg.lr)
         self.scaler = _grad_scaler(self.ctx.device.type, cfg.amp)
@@ -316,6 +332,10 @@ class Trainer:
         self.val_lmbs = validation_lambdas(self.model.lmb_range, cfg.val_steps)
         self.lmb_mid = (self.model.lmb_range[0] * self.model.lmb_range[1]) ** 0.5
         self.anchor = anchor_curve(cfg.valset) if self.validating else None
+        # A BD-rate takes a curve: at fewer λ (a fixed-λ member has one) there is none to keep best.pt by.
+        self.no_bd_rate = self.anchor is not None and len(self.val_lmbs) < MIN_BD_POINTS
+        if self.no_bd_rate:
+            self.anchor = None
         self.best: dict[str, Any] = {"metric": self._best_metric_name(), "value": None, "iteration": None}
 
     def _setup_resume_state(self, ckpt: dict[str, Any] | None) -> None:
@@ -327,7 +347,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + self.ctx.rank)  # each rank its own λ draws and crops
             random.seed(self.cfg.seed + self.ctx.rank)
 
-    def _wrap_distributed(self) -> nn.Module:
+    def _wrap_distributed(self) -> CodingModel | DistributedDataParallel:
         """The module a training step calls: the model, in DistributedDataParallel under torchrun."""
         device = self.ctx.device
         if not self.ctx.distributed:
@@ -393,8 +413,8 @@ class Trainer:
         return str(run_dir)
 
     def _load_state(self, ckpt: dict[str, Any]) -> None:
+        """Everything of ``last.pt`` but the weights (loaded with the model) back in its place."""
         cfg, ctx = self.cfg, self.ctx
-        load_state_dict_strict(self.model, ckpt["model"], source="last.pt")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if cfg.amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -615,7 +635,8 @@ class Trainer:
         return sig, bool(late)
 
     def _announce(self) -> None:
-        """Rank 0: the line that opens the run (what trains, where, how much)."""
+        """Rank 0: the line that opens the run (what trains, where, how much); a second one when
+        the validation set has a BD-rate anchor that too few λ cannot be compared with."""
         cfg, ctx = self.cfg, self.ctx
         n_params = sum(p.numel() for p in self.model.parameters())
         batch = cfg.batch_size * cfg.accum_num * ctx.world_size
@@ -625,8 +646,13 @@ class Trainer:
         span = (f"iterations {self.iteration:,} to {cfg.iterations:,}" if self.iteration
                 else f"{cfg.iterations:,} iterations")
         verb = "continuing" if self.resume_path is not None else "training"
-        _say(f"{verb} {cfg.model} ({n_params:,} parameters) on {ctx.device}: batch {batch}{parts}, {span}, "
+        what = cfg.model if cfg.lmb is None else f"{cfg.model} λ={cfg.lmb:g}"
+        _say(f"{verb} {what} ({n_params:,} parameters) on {ctx.device}: batch {batch}{parts}, {span}, "
              f"run folder {self.run_dir}")
+        if self.no_bd_rate:
+            at = ", ".join(f"{v:g}" for v in self.val_lmbs)
+            _say(f"validating at λ = {at} only: no BD-rate against the {cfg.valset} anchor (it takes a curve of "
+                 f"{MIN_BD_POINTS} λ or more); best.pt keeps the lowest validation loss")
 
     def _report_speed(self, s_per_iteration: float, steps: int) -> None:
         """Rank 0: the measured time per iteration and the time the remaining iterations will take."""

@@ -27,15 +27,20 @@ from .data import load_rgb
 from .distributed import DistContext
 
 if TYPE_CHECKING:
-    from ..coding.codec import CompressionMixin
+    from ..coding.contract import CodingModel
 
-__all__ = ["validation_lambdas", "load_validation_images", "evaluate", "anchor_curve", "bd_rate_vs_anchor"]
+__all__ = [
+    "validation_lambdas", "load_validation_images", "evaluate", "anchor_curve", "bd_rate_vs_anchor", "MIN_BD_POINTS",
+]
+
+MIN_BD_POINTS = 4  # a BD-rate fits a cubic to each curve (lvae.metrics.bd_rate)
 
 
 def validation_lambdas(lmb_range: Sequence[float], steps: int) -> list[float]:
-    """:func:`lvae.eval.lambdas.lambda_sweep` over ``lmb_range`` (``[low]`` when ``steps`` is 1)."""
+    """:func:`lvae.eval.lambdas.lambda_sweep` over ``lmb_range`` (``[low]`` when ``steps`` is 1);
+    a fixed-λ member's range ``(λ, λ)`` gives ``[λ]`` whatever ``steps``."""
     low, high = (float(v) for v in lmb_range)
-    return lambda_sweep(low, high, steps)
+    return lambda_sweep(low, high, steps if low < high else 1)
 
 
 def load_validation_images(valset: str) -> list[torch.Tensor]:
@@ -59,7 +64,7 @@ def load_validation_images(valset: str) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(
-    model: CompressionMixin,
+    model: CodingModel,
     images: Sequence[torch.Tensor],
     lmbs: Sequence[float],
     ctx: DistContext,
@@ -115,7 +120,8 @@ def anchor_curve(valset: str) -> dict[str, Any] | None:
 
 def bd_rate_vs_anchor(anchor: dict[str, Any], bpp: Sequence[float], psnr: Sequence[float]) -> float | None:
     """BD-rate (%) of a validation curve against ``anchor``, by :func:`lvae.eval.compare.compare`;
-    None when it cannot be computed (fewer than 4 points, no PSNR overlap early in training)."""
+    None when it cannot be computed (fewer than :data:`MIN_BD_POINTS` points, no PSNR overlap early
+    in training)."""
     curve = {"results": {"bpp": list(bpp), "psnr": list(psnr)}}
     try:
         value = compare(curve, anchor)["bd-rate"]
