@@ -159,3 +159,12 @@ def test_offline_member_says_where_its_weights_go(hub, monkeypatch):
     with pytest.raises(WeightsUnavailableError) as info:
         lvae.get_model("qres17m", lmb=32, pretrained=True)
     assert str(hub / "qres17m-lmb32.pt") in str(info.value)
+
+
+def test_the_command_line_knows_every_model_with_an_authors_layout():
+    """`lvae compress --format legacy` is checked before torch loads, from the CLI's own list: it
+    must be the models' own (their ``legacy_layout_models``)."""
+    from lvae.cli.coding import AUTHORS_LAYOUT_MODELS
+    from lvae.models import QARV, QResVAE
+
+    assert set(AUTHORS_LAYOUT_MODELS) == set(QARV.legacy_layout_models) | set(QResVAE.legacy_layout_models)

@@ -3,16 +3,22 @@ shorter files. Each file is handled on its own (see :func:`lvae.cli.common.run_f
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..bitstream import LEGACY_MODEL, read_header, truncate
 from ..errors import BitstreamError
+from ..eval.lambdas import format_lambdas
+from ..models.registry import list_models, model_lambdas
 from . import interrupt
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     IMAGE_LVAE_WROTE,
+    PROG,
     Models,
     Outputs,
     add_model_options,
@@ -20,6 +26,7 @@ from .common import (
     check_input,
     claim_output,
     coded_by_lvae,
+    family_member_problem,
     figure_path,
     make_folder,
     nonnegative_int,
@@ -36,10 +43,11 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..bitstream import Header
     from ..coding.codec import CompressionMixin
     from ..io import ImageFormat
 
-__all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "add_parsers"]
+__all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "AUTHORS_LAYOUT_MODELS", "add_parsers", "legacy_format_problem"]
 
 # The default is the model shipped inside the package: it works offline and gives the same file
 # on every machine. The published qarv_base (downloaded on first use) is one `--model` away.
@@ -59,17 +67,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_output_options(c, "<image stem>.lvae (.bits with --format legacy)")
     rate = c.add_mutually_exclusive_group()
     rate.add_argument("--lmb", type=positive_float, metavar="X",
-                      help="rate-distortion trade-off λ (default: the model's default)")
+                      help="rate-distortion trade-off λ (default: the model's default); a fixed-λ family "
+                      "(qres34m) takes the λ of its members (lvae models lists them)")
     rate.add_argument("--bpp", type=positive_float, metavar="X",
-                      help="largest λ whose file is at most X bits per pixel")
-    rate.add_argument("--bytes", type=positive_int, metavar="N", help="largest λ whose file is at most N bytes")
-    rate.add_argument("--psnr", type=positive_float, metavar="X", help="smallest λ that reaches X dB PSNR")
+                      help="largest λ (a family: member) whose file is at most X bits per pixel")
+    rate.add_argument("--bytes", type=positive_int, metavar="N",
+                      help="largest λ (a family: member) whose file is at most N bytes")
+    rate.add_argument("--psnr", type=positive_float, metavar="X",
+                      help="smallest λ (a family: member) that reaches X dB PSNR")
     c.add_argument(
         "--format",
         choices=sorted(SUFFIXES),
         default="lvae",
-        help="container: lvae (default; magic, model name, checksum) or legacy (the QARV authors' "
-        "layout, qarv_base only; default suffix .bits)",
+        help="container: lvae (default; magic, model name, checksum) or legacy (the authors' layout "
+        "of qarv_base, and the QRes-VAE authors' pickle of qres34m and qres17m; default suffix .bits)",
     )
     c.add_argument(
         "--bf16-encoder",
@@ -105,6 +116,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="decode only the first K latent strings (coarse to fine): a coarser image")
     prefix.add_argument("--progressive", action="store_true",
                         help="write one image per prefix: <output stem>-k<K><suffix> for K = 0 ... the strings held")
+    d.add_argument("--lmb", type=positive_float, metavar="X",
+                   help="the member of a fixed-λ family that made the QRes-VAE authors' files (which record "
+                   "neither model nor λ; give --model too); other files name theirs, and are refused if coded "
+                   "at another λ")
     d.add_argument("--ignore-weights-mismatch", action="store_true",
                    help="decode a file made with other weights of its model anyway (usually a wrong image)")
     d.add_argument("--figure", metavar="FIG", type=figure_path,
@@ -131,6 +146,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(handler=truncate_file)
 
 
+# The models whose authors wrote files of their own layout, which `--format legacy` writes (each
+# model's legacy_layout_models): named here so that the check needs no model built (no torch).
+AUTHORS_LAYOUT_MODELS = (LEGACY_MODEL, "qres34m", "qres17m")
+
+
+def legacy_format_problem(args: argparse.Namespace) -> str | None:
+    """Why ``compress --format legacy`` cannot write the model's file (a usage error), or None."""
+    name = compress_model_name(args)
+    if args.format != "legacy" or name in AUTHORS_LAYOUT_MODELS:
+        return None
+    return (f"--format legacy is the authors' layout of {', '.join(AUTHORS_LAYOUT_MODELS)} only (it records no "
+            f"model name), not of {name}; use --format lvae")
+
+
 def compress_model_name(args: argparse.Namespace) -> str:
     """--model, else qarv_base for the authors' layout (the only model it holds), else the default."""
     if args.model:
@@ -142,17 +171,21 @@ def compress(args: argparse.Namespace) -> int:
     models = Models(args.weights, args.device)
     outputs = Outputs(args.output, args.out_dir, SUFFIXES[args.format], args.force)
     model_name = compress_model_name(args)
+    if args.lmb is not None and args.weights is None:
+        # A fixed-λ family codes at its members' λ only: a usage error, before any file is touched.
+        problem = family_member_problem(model_name, args.lmb)
+        if problem is not None:
+            write_line(f"{PROG}: error: --lmb {args.lmb:g}: {problem}", sys.stderr)
+            return EXIT_USAGE
     bf16_pending = [args.bf16_encoder]  # settled once, on the model's first load
 
     def job(src: Path) -> str:
         check_input(src)
         out = outputs.path_for(src)
-        model = models.get(model_name)
+        model = models.get(model_name, args.lmb)
         if bf16_pending[0]:
             use_bf16_encoder(model)  # or one warning line and float32
             bf16_pending[0] = False
-        import sys
-
         from tqdm import tqdm
 
         # Each step (an encode; a forward pass of a target's search), drawn as it is taken on one
@@ -200,6 +233,28 @@ def decode(model: CompressionMixin, data: bytes, num_latents: int | None, ignore
                              "--ignore-weights-mismatch to decode it anyway (usually a wrong image)") from None
 
 
+def file_maker(header: Header, model: str | None, lmb: float | None, weights: str | None
+               ) -> tuple[str, float | None]:
+    """The model, and the λ of the member, that decode a file: those it names (checked against
+    ``--model`` and ``--lmb``). The QRes-VAE authors' files name neither: ``--model`` says which,
+    and ``--lmb`` which member (needed when the family's published weights decode it)."""
+    if header.format == "pickle":
+        if model is None:
+            raise BitstreamError("the file is in the QRes-VAE authors' layout, which records neither model nor λ: "
+                                 "give --model (e.g. qres34m) and --lmb (the member that made it)")
+        members = model_lambdas(model) if model in list_models() else None
+        if lmb is None and weights is None and members is not None:
+            raise BitstreamError(f"the file is in the QRes-VAE authors' layout, which records no λ: give --lmb, "
+                                 f"the member of {model} that made it (λ ∈ {format_lambdas(members)})")
+        return model, lmb
+    made_by = header.model_name or LEGACY_MODEL
+    if model is not None and model != made_by:
+        raise BitstreamError(f"made by model {made_by!r}, not by {model!r}")
+    if lmb is not None and not (math.isfinite(header.lmb) and abs(lmb - header.lmb) <= 1e-6 * header.lmb):
+        raise BitstreamError(f"coded at λ={header.lmb:g}, not at --lmb {lmb:g}")
+    return made_by, header.lmb
+
+
 def decompress(args: argparse.Namespace) -> int:
     from ..eval.plot import figure_written_by_lvae
     from ..io import save_image, tensor_to_image
@@ -213,9 +268,7 @@ def decompress(args: argparse.Namespace) -> int:
         out = outputs.path_for(src)
         data = src.read_bytes()
         header = read_header(data)
-        made_by = header.model_name or LEGACY_MODEL
-        if args.model is not None and args.model != made_by:
-            raise BitstreamError(f"made by model {made_by!r}, not by {args.model!r}")
+        made_by, lmb = file_maker(header, args.model, args.lmb, args.weights)
         colour = header.colour if header.format == "lvae" else "rgb"
         if fmt.name == "pgm" and colour != "gray":
             raise ValueError("the file holds a colour image and PGM holds grayscale only; write .ppm or .png")
@@ -229,7 +282,7 @@ def decompress(args: argparse.Namespace) -> int:
             figure = Path(args.figure) if args.figure else None
             if figure is not None:
                 claim_output(figure, args.force, figure_written_by_lvae, "a figure", "--figure")
-            model = models.get(made_by)
+            model = models.get(made_by, lmb)
             shown, labels = [], []
             for k, path in enumerate(paths):
                 prefix_bytes = len(truncate(data, k))
@@ -251,7 +304,7 @@ def decompress(args: argparse.Namespace) -> int:
                     plot_progressive(shown, labels, figure, title=f"{src.name}: {made_by}, λ = {header.lmb:.4g}")
                     write_line(f"{src} -> {figure}: figure of the {len(shown)} prefixes")
             return None
-        model = models.get(made_by)
+        model = models.get(made_by, lmb)
         img = decode(model, data, args.latents, args.ignore_weights_mismatch)
         saved = save_image(img, out, format=fmt.name, quality=fmt.quality)
         outputs.done(out)

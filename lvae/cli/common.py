@@ -413,29 +413,80 @@ def collector_paused() -> Iterator[None]:
 
 
 class Models:
-    """Models built on first use and kept; a model that failed to load is not tried again."""
+    """Models built on first use and kept; a model that failed to load is not tried again.
+
+    A fixed-λ family (``qres34m``) is kept per member: :meth:`get` with the λ a file names (or
+    ``--lmb``) builds that member itself, so that decoding a λ=512 file never loads, or fetches,
+    another member's weights."""
 
     def __init__(self, weights: str | None, device: torch.device | str):
         self.weights = weights
         self.device = device
-        self._cache: dict[str, CompressionMixin | BaseException] = {}
+        self._cache: dict[tuple[str, float | None], CompressionMixin | BaseException] = {}
 
-    def get(self, name: str) -> CompressionMixin:
+    def get(self, name: str, lmb: float | None = None) -> CompressionMixin:
+        """The model ``name``; for a fixed-λ model, the member that codes at ``lmb`` (None: the
+        default member, which reaches its siblings when it has the published weights)."""
+        from ..models.registry import model_lambdas
+
+        known = name in list_models()  # an unknown name is load_model's to report
+        if known and lmb is not None and model_lambdas(name) is not None:
+            return self._load(name, float(lmb))
+        model = self._load(name, None)
+        members = getattr(model, "lambdas", None)
+        if lmb is not None and members is not None and not any(_same_lmb(lmb, v) for v in members):
+            # A fixed-λ network the registry lists as no family (a toy, a checkpoint): its entry
+            # function takes lmb (the model contract), and the member of that λ is built instead.
+            return self._load(name, float(lmb))
+        return model
+
+    def _load(self, name: str, lmb: float | None) -> CompressionMixin:
         from ..models.registry import load_model
 
-        if name not in self._cache:
+        key = (name, lmb)
+        if key not in self._cache:
             try:
-                if name in list_models():  # an unknown name is load_model's to report
+                if name in list_models() and self.weights is None and lmb is not None:
+                    check_member(name, lmb)
+                if name in list_models():
                     check_weights(name, self.weights)
                 with collector_paused():
-                    model = load_model(name, self.weights, device=self.device)
-                self._cache[name] = cast("CompressionMixin", model)  # every registered model codes
+                    if lmb is None:
+                        model = load_model(name, self.weights, device=self.device)
+                    else:  # the member of λ
+                        model = load_model(name, self.weights, model_args={"lmb": lmb}, device=self.device)
+                self._cache[key] = cast("CompressionMixin", model)  # every registered model codes
             except FILE_ERRORS as exc:
-                self._cache[name] = exc
-        cached = self._cache[name]
+                self._cache[key] = exc
+        cached = self._cache[key]
         if isinstance(cached, BaseException):
             raise cached
         return cached
+
+
+def _same_lmb(a: float, b: float) -> bool:
+    """Two λ that are one member's (a λ read back from a file is a float32)."""
+    return abs(float(a) - float(b)) <= 1e-6 * abs(float(b))
+
+
+def family_member_problem(name: str, lmb: float) -> str | None:
+    """Why the published weights of the family ``name`` have no member at ``lmb`` (one line
+    listing its members), or None: it has one, or ``name`` is no fixed-λ family."""
+    from ..eval.lambdas import format_lambdas
+    from ..models.registry import model_lambdas, model_weights
+
+    members = model_lambdas(name)
+    if members is None or model_weights(name) is None or any(_same_lmb(lmb, v) for v in members):
+        return None  # not a family, or one with no weights at all (check_weights says so)
+    return (f"{name} has published weights for λ ∈ {format_lambdas(members)}, not λ={lmb:g} "
+            "(another λ needs weights of your own: --weights FILE)")
+
+
+def check_member(name: str, lmb: float) -> None:
+    """:func:`family_member_problem` as a ValueError."""
+    problem = family_member_problem(name, lmb)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def written_by_lvae(path: Path) -> bool:

@@ -1,5 +1,6 @@
-"""``lvae eval`` and ``eval-var-rate.py``: the rate–distortion evaluation of a variable-rate model
-or a classical codec (:mod:`lvae.eval.evaluation`), written as a result JSON.
+"""``lvae eval`` and ``eval-var-rate.py``: the rate–distortion evaluation of a model (a variable-rate
+model over a λ sweep, a fixed-λ family such as ``qres34m`` over its members) or a classical codec
+(:mod:`lvae.eval.evaluation`), written as a result JSON. Which λ: :func:`lvae.eval.lambdas.rate_points`.
 
 Importing this module, and :func:`add_arguments`, import neither torch nor numpy: ``lvae --help``
 stays light. :func:`run` imports the evaluation.
@@ -37,8 +38,9 @@ __all__ = ["HELP", "DESCRIPTION", "PROG_NAME", "add_arguments", "run", "main"]
 PROG_NAME = "eval-var-rate.py"
 HELP = "rate–distortion evaluation of a model or a classical codec (writes a result JSON)"
 DESCRIPTION = (
-    "Rate–distortion evaluation of a variable-rate model or a classical codec: "
-    "real coding to files, bpp from file sizes, PSNR (RGB) and MS-SSIM; writes a JSON."
+    "Rate–distortion evaluation of a model (a variable-rate model over a λ sweep, a fixed-λ family "
+    "such as qres34m over its members) or a classical codec: real coding to files, bpp from file "
+    "sizes, PSNR (RGB) and MS-SSIM; writes a JSON."
 )
 
 
@@ -48,9 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--codec", choices=CODECS, help="classical codec through Pillow")
     p.add_argument("--model-args", default=None, help="architecture overrides: \"{'k': v}\" or \"k=v, k2=v2\"")
     add_weights_option(p, random_ok=True)
-    p.add_argument("--lmb-range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="default: the model's range")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"number of log-spaced λ values (default {DEFAULT_STEPS})")
+    p.add_argument("--lmb-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="default: the model's range; a fixed-λ family (qres34m): its members in this range")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"number of log-spaced λ values of a variable-rate model (default {DEFAULT_STEPS}); "
+                   "a fixed-λ family is measured at its members")
     p.add_argument("--qualities", type=int, nargs="+", help="codec qualities (default: a sweep from 5 in steps of 5)")
     p.add_argument("--dataset-name", default="kodak", help="known data set name or image folder (default kodak)")
     add_device_option(p)
@@ -74,7 +78,7 @@ def _device(requested: str | torch.device) -> torch.device:
 
 def _check_flags(args: argparse.Namespace) -> None:
     if args.codec is not None:
-        for flag in ("model_args", "weights", "lmb_range"):
+        for flag in ("model_args", "weights", "lmb_range", "steps"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} applies to --model, not to --codec")
         for flag in ("bf16_encoder", "progressive"):
@@ -115,8 +119,35 @@ def _load_model(name: str, weights: str | None, model_args: dict[str, Any], devi
     return model, "published" if weights is None else weights
 
 
+def _first_member(name: str, weights: str | None, lmb_range: Sequence[float] | None, model_args: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The build arguments of the model to load. A fixed-λ family with its published weights loads
+    the first member it is measured at (the others load when their λ is coded), so that no
+    member outside ``--lmb-range`` is fetched; a λ range holding no member fails here, before
+    any weights are read."""
+    from ..eval.lambdas import member_points
+    from ..models.registry import model_lambdas
+
+    members = model_lambdas(name)
+    if members is None or weights is not None or "lmb" in model_args:
+        return model_args
+    return {**model_args, "lmb": member_points(members, lmb_range, name)[0]}
+
+
+def _note_one_network(name: str, model: CompressionMixin) -> None:
+    """A fixed-λ network that stands alone (random weights, a checkpoint): one line says that its
+    result is one rate point."""
+    members = getattr(model, "lambdas", None)
+    if members is not None and len(members) == 1:
+        write_line(f"note: {name} with these weights is one network, trained at λ={members[0]:g}: the result is "
+                   "one rate point, not a curve (the published members are measured with the model's own "
+                   "weights)", sys.stderr)
+
+
 def _print_table(report: dict[str, Any]) -> None:
     key, points = ("lmb", report["lambdas"]) if report["lambdas"] is not None else ("quality", report["qualities"])
+    if report.get("members") is not None:
+        key = "member λ"
     res = report["results"]
     lines = [f"{report['name']} on {report['test-set']} ({report['num-images']} images, {report['device']})",
              f"{key:>9} {'bpp':>8} {'PSNR':>8} {'MS-SSIM':>8}"]
@@ -151,7 +182,7 @@ def _add_bd_rate(report: dict[str, Any]) -> None:
 @reports_errors
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluation import evaluate_codec, evaluate_model, find_images
-    from ..eval.lambdas import lambda_sweep
+    from ..eval.lambdas import rate_points
     from ..eval.results import save_results
     from ..utils.args import parse_model_args
 
@@ -170,15 +201,13 @@ def run(args: argparse.Namespace) -> int:
     if args.codec is not None:
         report = evaluate_codec(args.codec, images, args.qualities, test_set=test_set, folder=folder, progress=progress)
     else:
-        model, weights = _load_model(args.model, args.weights, model_args, device)
+        build_args = _first_member(args.model, args.weights, args.lmb_range, model_args)
+        model, weights = _load_model(args.model, args.weights, build_args, device)
         bf16 = args.bf16_encoder and use_bf16_encoder(model)  # or one warning line and float32
-        low, high = args.lmb_range if args.lmb_range is not None else model.lmb_range
-        lo_ok, hi_ok = model.lmb_range
-        if low < lo_ok or high > hi_ok:
-            raise ValueError(f"--lmb-range {low:g} {high:g} is outside the model's range [{lo_ok:g}, {hi_ok:g}]")
-        lambdas = lambda_sweep(low, high, args.steps)
+        lambdas = rate_points(model, args.lmb_range, args.steps)
         if weights == RANDOM_WEIGHTS:
             write_line(f"note: {args.model} is evaluated with random weights (--weights random)", sys.stderr)
+        _note_one_network(args.model, model)
         if args.progressive:
             assert plot is not None
             return _run_progressive(args, model, images, lambdas, test_set, folder, progress, output, plot)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..bitstream import read_header, truncate
-from ..models.registry import list_models, model_weights
+from ..eval.lambdas import format_lambdas
+from ..models.registry import list_models, model_lambdas, model_weights
 from .coding import DEFAULT_MODEL, LEGACY_MODEL
 from .common import EXIT_FAILED, EXIT_OK, check_input, report_error, write_line
+
+if TYPE_CHECKING:
+    from ..bitstream import Header
 
 __all__ = ["add_parsers"]
 
@@ -24,17 +29,38 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(handler=models)
 
 
+def _model_rows(h: Header) -> list[tuple[str, str]]:
+    """The model, member and λ rows: what the file names (the authors' layouts name less)."""
+    if h.format == "pickle":
+        return [("model", "not recorded (the QRes-VAE authors' layout): decompress with --model NAME --lmb X"),
+                ("lambda", "not recorded")]
+    if not h.model_name:
+        return [("model", f"{LEGACY_MODEL} (authors' layout, no model name recorded)"), ("lambda", f"{h.lmb:.6g}")]
+    rows = [("model", h.model_name), ("lambda", f"{h.lmb:.6g}")]
+    members = model_lambdas(h.model_name) if h.model_name in list_models() else None
+    if members is not None:
+        rows.append(("member", member_line(h.model_name, h.lmb, members)))
+    return rows
+
+
+def member_line(name: str, lmb: float, members: tuple[float, ...]) -> str:
+    """``λ=512 of qres34m (λ ∈ {16, ..., 2048})``, or that no published member has the λ."""
+    if any(abs(lmb - v) <= 1e-6 * v for v in members):
+        return f"λ={lmb:g} of {name} (λ ∈ {format_lambdas(members)})"
+    return (f"λ={lmb:g}, no published member of {name} (λ ∈ {format_lambdas(members)}): "
+            "decode it with the weights that made it (--weights FILE)")
+
+
 def describe(src: Path) -> str:
     check_input(src)
     data = src.read_bytes()
     h = read_header(data)
     lengths = h.string_lengths
-    model = h.model_name if h.model_name else f"{LEGACY_MODEL} (authors' layout, no model name recorded)"
+    layout = "the QRes-VAE authors' layout" if h.format == "pickle" else f"version {h.version}"
     rows = [
         ("file", str(src)),
-        ("format", f"{h.format} (version {h.version})"),
-        ("model", model),
-        ("lambda", f"{h.lmb:.6g}"),
+        ("format", f"{h.format} ({layout})"),
+        *_model_rows(h),
         ("size", f"{h.width}x{h.height} (width x height)"),
         ("bytes", f"{len(data)} ({8 * len(data) / (h.width * h.height):.4f} bpp)"),
         ("header", f"{len(data) - sum(lengths)} bytes"),
@@ -69,12 +95,7 @@ def info(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
-    from ..models.weights import availability
-
-    rows = []
-    for name in list_models():
-        found, where = availability(model_weights(name))
-        rows.append((name, "yes" if found else "no", where))
+    rows = [_model_row(name) for name in list_models()]
     width = max(len("model"), *(len(r[0]) for r in rows))
     lines = [f"{'model':<{width}}  offline  weights"]
     for name, offline, where in rows:
@@ -83,3 +104,29 @@ def models(args: argparse.Namespace) -> int:
     for line in lines:
         write_line(line)
     return EXIT_OK
+
+
+def _model_row(name: str) -> tuple[str, str, str]:
+    """``(name, offline, weights)``: for a fixed-λ family, how many of its members' weights are
+    here (``3 of 8``), its λ set, and where the members' weights are or come from."""
+    from ..models.weights import availability, locate_weights
+
+    members = model_lambdas(name)
+    if members is None or model_weights(name) is None:  # one set of weights, or none at all
+        found, where = availability(model_weights(name))
+        family = f"one network per λ ∈ {format_lambdas(members)}; " if members is not None else ""
+        return name, "yes" if found else "no", family + where
+    weights = {lmb: model_weights(name, lmb) for lmb in members}
+    here = [lmb for lmb, w in weights.items() if availability(w)[0]]
+    parts = [f"one network per λ ∈ {format_lambdas(members)}"]
+    if here:
+        folders = sorted({str(locate_weights(w).path.parent) for lmb, w in weights.items() if lmb in here and w})
+        which = "all" if len(here) == len(members) else "λ " + ", ".join(f"{v:g}" for v in here)
+        parts.append(f"{which} in {', '.join(folders)}")
+    missing = [lmb for lmb in members if lmb not in here]
+    if missing:
+        first = weights[missing[0]]
+        how = availability(first)[1] if first is not None else availability(None)[1]
+        others = f" (λ {', '.join(f'{v:g}' for v in missing[1:])} alike)" if len(missing) > 1 else ""
+        parts.append(f"λ {missing[0]:g}: {how}{others}")
+    return name, f"{len(here)} of {len(members)}", "; ".join(parts)

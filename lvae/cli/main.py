@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..utils.args import OneLineArgumentParser
 from . import bdrate, coding, evaluate, inspect, interrupt, plot
-from .coding import LEGACY_MODEL, compress_model_name
+from .coding import legacy_format_problem
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -104,8 +104,8 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--figure draws the prefixes of --progressive; give both")
     if getattr(args, "figure", None) and len(inputs) > 1:
         parser.error("--figure takes a single input")
-    if args.command == "compress" and args.format == "legacy" and compress_model_name(args) != LEGACY_MODEL:
-        parser.error(f"--format legacy records no model name and is read back as {LEGACY_MODEL}; use --format lvae")
+    if args.command == "compress" and (problem := legacy_format_problem(args)) is not None:
+        parser.error(problem)
     if args.command == "decompress":
         # The output format is settled before anything is decoded: a lossy one must be asked for.
         from ..io import output_format

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from ..errors import BitstreamError
 from ..io import atomic_write_bytes, check_writable, read_image
 from ..metrics import mse_to_psnr
+from ..utils.args import format_lambdas
 from . import container as bitstream
-from . import pickled
 from .container import LEGACY_MODEL
 from .determinism import coding_arithmetic
 from .gaussian import entropy_coder_keys
@@ -413,7 +413,7 @@ class CompressionMixin(_ModuleBase):
             return self
         link = self.__dict__.get("_lvae_family")
         match = [v for v in lambdas if abs(value - v) <= 1e-6 * v]
-        members = "{" + ", ".join(f"{v:g}" for v in lambdas) + "}"
+        members = format_lambdas(lambdas)
         if not match or link is None:
             alone = "" if link is not None else (
                 f" (this network was not loaded with pretrained=True, so it has no siblings: load the member of "
@@ -432,15 +432,9 @@ class CompressionMixin(_ModuleBase):
         return cached.to(device).train(self.training)
 
     def _pack_legacy(self, lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:
-        """The authors' layout of this model (:attr:`legacy_layout`)."""
-        if self.legacy_layout == "pickle":
-            top = (1, self._top_channels(), -(-height // self.max_stride), -(-width // self.max_stride))
-            return pickled.pack_qres_legacy(strings, top, height, width)
+        """The authors' layout of this model (:attr:`legacy_layout`): QARV's; a model whose authors
+        wrote another one overrides this (QRes-VAE: their pickle)."""
         return bitstream.pack_legacy(lmb, height, width, strings)
-
-    def _top_channels(self) -> int:
-        """The channels of the decoder's top feature (recorded by the pickled layout)."""
-        raise NotImplementedError("a model with the pickled authors' layout says its top feature's channels")
 
     if TYPE_CHECKING:
         name: str | None

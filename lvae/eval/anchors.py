@@ -2,7 +2,9 @@
 
 Each file holds one curve in the result format of :mod:`lvae.eval.results` (``name``,
 ``test-set`` and ``results: {bpp: [...], psnr: [...]}``, plus ``lambdas`` for learned models) and
-is read by its parser.
+is read by its parser: VTM 18.0 (the BD-rate anchor), ``qarv_base`` and ``qres34m`` (the QARV
+authors' published measurements) on Kodak, Tecnick 1200 and CLIC 2022 test. On the command line
+a shipped curve is named ``TEST-SET/NAME`` (``kodak/qres34m``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from .results import parse_results
 
-__all__ = ["BD_ANCHOR", "list_anchors", "load_anchor", "anchors_for"]
+__all__ = ["BD_ANCHOR", "list_anchors", "load_anchor", "anchors_for", "anchor_by_label", "anchor_label"]
 
 # The codec that BD-rates are measured against, as in the QARV paper.
 BD_ANCHOR = "vtm18.0"
@@ -43,3 +45,16 @@ def load_anchor(test_set: str, name: str = BD_ANCHOR) -> dict[str, Any]:
             return curve
     available = ", ".join(f"{t}/{n}" for t, n in list_anchors())
     raise ValueError(f"no shipped anchor curve {name!r} for test set {test_set!r} (available: {available})")
+
+
+def anchor_label(curve: dict[str, Any]) -> str:
+    """``kodak/qres34m``: how a shipped curve is named on the command line (``lvae bdrate``)."""
+    return f"{curve['test-set']}/{curve['name']}"
+
+
+def anchor_by_label(label: str) -> dict[str, Any] | None:
+    """The shipped curve named ``TEST-SET/NAME`` (:func:`anchor_label`), or None if none is."""
+    test_set, sep, name = label.partition("/")
+    if not sep:
+        return None
+    return next((c for c in anchors_for(test_set) if c["name"] == name), None)

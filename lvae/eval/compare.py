@@ -10,7 +10,9 @@ from typing import Any
 
 from ..metrics import bd_rate
 
-__all__ = ["compare"]
+__all__ = ["compare", "MIN_POINTS"]
+
+MIN_POINTS = 4  # the cubic fit of log-rate against PSNR (lvae.metrics.bd_rate)
 
 
 def compare(test: dict[str, Any], anchor: dict[str, Any]) -> dict[str, float]:
@@ -18,11 +20,18 @@ def compare(test: dict[str, Any], anchor: dict[str, Any]) -> dict[str, float]:
 
     Both are curves in the result format (``results.bpp`` and ``results.psnr``; ``test-set``
     optional). Returns ``{"bd-rate", "psnr-low", "psnr-high"}``. ``ValueError`` when the curves
-    cannot be compared (different test sets, no shared PSNR interval, too few points).
+    cannot be compared (different test sets, fewer than :data:`MIN_POINTS` points, no shared
+    PSNR interval).
     """
     t, a = test["results"], anchor["results"]
     if test.get("test-set") and anchor.get("test-set") and test["test-set"] != anchor["test-set"]:
         raise ValueError(f"the curves are of different test sets: {test['test-set']!r} and {anchor['test-set']!r}")
+    for role, curve in (("the test curve", test), ("the anchor", anchor)):
+        n = len(curve["results"]["bpp"])
+        if n < MIN_POINTS:  # e.g. one fixed-λ network alone: a point, not a curve
+            label = f"{role} ({curve['name']})" if curve.get("name") else role
+            raise ValueError(f"{label} has {n} rate point{'s' if n != 1 else ''}; a BD-rate needs at least "
+                             f"{MIN_POINTS} (a cubic fit)")
     low = max(min(t["psnr"]), min(a["psnr"]))
     high = min(max(t["psnr"]), max(a["psnr"]))
     if not low < high:

@@ -6,8 +6,10 @@ is coded to a file, the file is read back and decoded, and the row keeps the fil
 MS-SSIM. Reconstructions are rounded to 8 bits, as written to an image file. Per-point results
 are means over images (PSNR averaged per image, as the published curves were made).
 
-The λ values come from :func:`lvae.eval.lambdas.lambda_sweep`, the result's header and its file
-from :mod:`lvae.eval.results`; the command line is ``eval-var-rate.py`` / ``lvae eval``
+The λ values come from :func:`lvae.eval.lambdas.rate_points` (a sweep over a variable-rate
+model's range, or the members of a fixed-λ family such as ``qres34m``, each coded by its own
+network through ``model.compress(im, lmb=λ)``), the result's header and its file from
+:mod:`lvae.eval.results`; the command line is ``eval-var-rate.py`` / ``lvae eval``
 (:mod:`lvae.cli.evaluate`).
 """
 from __future__ import annotations
@@ -158,7 +160,9 @@ def evaluate_model(
     folder: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a variable-rate model (``compress``/``decompress``, tables built) at each λ.
+    """Evaluate a model (``compress``/``decompress``, tables built) at each λ: a variable-rate
+    model codes every λ itself; a fixed-λ model (``model.lambdas``) codes each with the member
+    trained at it, and the result records those members (``members``).
 
     Returns the result dict (the JSON schema of the published curves plus per-image rows,
     timings and versions). The model's device is used; on CUDA one untimed warm-up run comes first.
@@ -179,7 +183,17 @@ def evaluate_model(
     rows, results, timings = _sweep(images, lambdas, "lmb", ".bits", encode, decode, device, progress)
     report = report_header(_model_name(model, name), test_set, folder or images[0].parent, images, device)
     report.update(lambdas=lambdas, qualities=None, results=results, timings=timings, **{"per-image": rows})
+    report.update(_members(model, lambdas))
     return report
+
+
+def _members(model: CompressionMixin, lambdas: Sequence[float]) -> dict[str, Any]:
+    """For a fixed-λ model: ``members``, the λ of the networks that coded the points, and
+    ``family-lambdas``, every λ the model could code with (its own alone when it stands alone)."""
+    family = getattr(model, "lambdas", None)
+    if family is None:
+        return {}
+    return {"members": list(lambdas), "family-lambdas": [float(v) for v in family]}
 
 
 def evaluate_progressive(
@@ -224,6 +238,7 @@ def evaluate_progressive(
                                   for k in range(n + 1)])
     report = report_header(_model_name(model, name), test_set, folder or images[0].parent, images, device)
     report.update(lambdas=lambdas, **{"num-latents": n, "prefixes": prefixes, "per-image": rows})
+    report.update(_members(model, lambdas))
     return report
 
 

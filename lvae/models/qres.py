@@ -27,6 +27,7 @@ from ..coding.codec import CompressionMixin
 from ..coding.determinism import coding_arithmetic
 from ..coding.gaussian import QRES_TABLES, DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
+from ..coding.pickled import pack_qres_legacy
 from .layers import ConvNeXtBlock, patch_downsample, patch_upsample
 
 __all__ = ["QResConfig", "QLatentBlock", "QResVAE"]
@@ -268,8 +269,10 @@ class QResVAE(CompressionMixin, nn.Module):
                 assert isinstance(last, nn.Conv2d)
                 last.weight.mul_(math.sqrt(1 / 3 * n))
 
-    def _top_channels(self) -> int:
-        return self.config.dec_widths[0]
+    def _pack_legacy(self, lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:
+        """The authors' pickled layout: the strings, the top feature's shape, the image size."""
+        top = (1, self.config.dec_widths[0], -(-height // self.max_stride), -(-width // self.max_stride))
+        return pack_qres_legacy(strings, top, height, width, stride=self.max_stride)
 
     @property
     def latent_blocks(self) -> list[QLatentBlock]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..utils.args import format_lambdas
 from .weights import Weights
 
 if TYPE_CHECKING:
@@ -102,10 +103,6 @@ def default_member(name: str) -> float | None:
     return None if default is inspect.Parameter.empty else float(default)
 
 
-def _format_lambdas(values: Sequence[float]) -> str:
-    return "{" + ", ".join(f"{v:g}" for v in values) + "}"
-
-
 def _member_lambda(name: str, entry: _Entry, lmb: Any) -> float:
     """``lmb`` as one of the family's published λ (a ValueError listing them otherwise)."""
     assert entry.lambdas is not None
@@ -117,7 +114,7 @@ def _member_lambda(name: str, entry: _Entry, lmb: Any) -> float:
         if math.isfinite(value) and abs(value - v) <= 1e-6 * v:
             return v
     raise ValueError(
-        f"{name} has published weights for λ ∈ {_format_lambdas(entry.lambdas)}, not λ={lmb!r} "
+        f"{name} has published weights for λ ∈ {format_lambdas(entry.lambdas)}, not λ={lmb!r} "
         "(another λ needs weights of your own: train one, or pretrained=PATH)"
     )
 

@@ -137,9 +137,10 @@ def qres17m(lmb: float = 8, **overrides: Any) -> QResVAE:
     )
 
 
-@register_model
+@register_model(lambdas=(16, 64, 256))
 def qres_tiny(lmb: float = 64, **overrides: Any) -> QResVAE:
-    """A tiny QRes-VAE (same architecture, narrow and shallow) for fast CPU tests; no weights."""
+    """A tiny QRes-VAE (same architecture, narrow and shallow) for fast CPU tests; members λ ∈ {16, 64, 256},
+    no weights."""
     return _qres(
         lmb,
         dict(

@@ -9,7 +9,8 @@ it also keeps the scales themselves. ``decode`` decodes every file with its own 
 (``ONEDNN_MAX_CPU_ISA`` comes from the environment) and prints one JSON summary: corrupted
 images (any 8-bit pixel more than 1 away from the encoder's decode, or an exception), blocks
 whose prior scales differ from the encoder's, CDF indexes that differed before repair, and what
-repair cost. ``--model qarv_base`` uses the fixed reference weights.
+repair cost. ``--model qarv_base`` and ``--model qres34m`` (its λ = 64 member) use the fixed
+reference weights.
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ from lvae.io import load_image  # noqa: E402
 
 
 def build(name: str, device: str = "cpu"):
-    if name == "qarv_base":
+    if name in ("qarv_base", "qres34m"):
         from lvae.models.fixed_weights import load_fixed_reference_weights
 
-        model = load_fixed_reference_weights(lvae.get_model("qarv_base"))
+        model = load_fixed_reference_weights(lvae.get_model(name, **({"lmb": 64} if name == "qres34m" else {})))
     else:
         model = lvae.get_model(name, pretrained=True)
     return model.eval().to(device)
@@ -115,8 +116,9 @@ def decode(args) -> None:
             for i, r in enumerate(tr):
                 a, b = enc[f"arr_{i}"], r.scales
                 summary["max_dlog_scale"] = max(summary["max_dlog_scale"], float(np.abs(np.log(a) - np.log(b)).max()))
-                index_a = DiscreteGaussian.indexes(torch.from_numpy(a))
-                index_b = DiscreteGaussian.indexes(torch.from_numpy(b))
+                kind = model.latent_blocks[i].discrete_gaussian.kind
+                index_a = DiscreteGaussian.indexes(torch.from_numpy(a), kind)
+                index_b = DiscreteGaussian.indexes(torch.from_numpy(b), kind)
                 diffs += int((index_a != index_b).sum())
             summary["index_diffs_first_image"].append(diffs)
     print(json.dumps(summary))
