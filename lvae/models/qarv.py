@@ -23,6 +23,7 @@ from ..coding.determinism import coding_arithmetic
 from ..coding.gaussian import DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
 from ..errors import PrecisionUnavailableError
+from .base import ImageVAEBase
 from .layers import (
     ConvNeXtBlockAdaLN,
     DecoderStopMark,
@@ -186,7 +187,7 @@ class LatentVariableBlock(nn.Module):
         return self.merge(f, decode_latent(coded, pm, pv), emb)
 
 
-class QARV(CompressionMixin, nn.Module):
+class QARV(ImageVAEBase, CompressionMixin, nn.Module):
     """Variable-rate lossy VAE. Build it with :func:`lvae.get_model` or from a :class:`QARVConfig`."""
 
     max_stride = MAX_STRIDE
@@ -283,28 +284,6 @@ class QARV(CompressionMixin, nn.Module):
                 f"λ={t[bad][0].item():g} is outside this model's range [{lo:g}, {hi:g}]"
             )
         return t.contiguous()
-
-    # -- pre/post-processing -----------------------------------------------------------------
-    def preprocess(self, im: torch.Tensor) -> torch.Tensor:
-        return (im + self.im_shift) * self.im_scale
-
-    @staticmethod
-    def postprocess(x_hat: torch.Tensor) -> torch.Tensor:
-        """Decoder output (target space, [-1, 1]) → image in [0, 1]."""
-        return torch.clamp(x_hat, -1, 1) * 0.5 + 0.5
-
-    def _check_image(self, im: torch.Tensor) -> None:
-        if not torch.is_tensor(im) or im.dim() != 4 or im.shape[1] != 3:
-            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
-            raise ValueError(f"expected an N×3×H×W image tensor, got {shape}")
-        if not im.is_floating_point():
-            raise ValueError(f"expected a float image in [0, 1], got dtype {im.dtype}")
-        h, w = im.shape[2:]
-        if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
-            raise ValueError(
-                f"image sides must be positive multiples of {self.max_stride}, got {h}×{w}; "
-                "pad it first (lvae.bitstream pads automatically when compressing)"
-            )
 
     # -- networks ----------------------------------------------------------------------------
     def encode_features(self, x: torch.Tensor, emb: torch.Tensor) -> dict[str, torch.Tensor]:

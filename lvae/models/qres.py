@@ -28,6 +28,7 @@ from ..coding.determinism import coding_arithmetic
 from ..coding.gaussian import QRES_TABLES, DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
 from ..coding.pickled import pack_qres_legacy
+from .base import ImageVAEBase
 from .layers import ConvNeXtBlock, patch_downsample, patch_upsample
 
 __all__ = ["QResConfig", "QLatentBlock", "QResVAE"]
@@ -217,7 +218,7 @@ class _Decoder(nn.Module):
         self.dec_blocks = nn.ModuleList(blocks)
 
 
-class QResVAE(CompressionMixin, nn.Module):
+class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
     """One member of a QRes-VAE family: the network of :class:`QResConfig` trained at ``lmb``.
 
     Build it with :func:`lvae.get_model` (``get_model('qres34m', lmb=64, pretrained=True)``).
@@ -299,28 +300,6 @@ class QResVAE(CompressionMixin, nn.Module):
                 "is another network (model.member(λ), or get_model(name, lmb=λ, pretrained=True))"
             )
         return t.contiguous()
-
-    # -- pre/post-processing -----------------------------------------------------------------
-    def preprocess(self, im: torch.Tensor) -> torch.Tensor:
-        return (im + self.im_shift) * self.im_scale
-
-    @staticmethod
-    def postprocess(x_hat: torch.Tensor) -> torch.Tensor:
-        """Decoder output (target space, [-1, 1]) → image in [0, 1]."""
-        return torch.clamp(x_hat, -1, 1) * 0.5 + 0.5
-
-    def _check_image(self, im: torch.Tensor) -> None:
-        if not torch.is_tensor(im) or im.dim() != 4 or im.shape[1] != 3:
-            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
-            raise ValueError(f"expected an N×3×H×W image tensor, got {shape}")
-        if not im.is_floating_point():
-            raise ValueError(f"expected a float image in [0, 1], got dtype {im.dtype}")
-        h, w = im.shape[2:]
-        if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
-            raise ValueError(
-                f"image sides must be positive multiples of {self.max_stride}, got {h}×{w}; "
-                "pad it first (lvae.bitstream pads automatically when compressing)"
-            )
 
     # -- networks ----------------------------------------------------------------------------
     def encode_features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
