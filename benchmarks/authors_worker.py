@@ -1,6 +1,6 @@
-"""Subprocess side of ``benchmarks/coding.py --authors PATH``: times the QARV authors' own ``qarv_base``.
+"""Subprocess side of ``benchmarks/coding.py --authors PATH``: times the authors' own ``qarv_base`` or ``qres34m``.
 
-    PYTHONPATH=PATH python benchmarks/authors_worker.py PATH INPUT.pt OUTPUT.pt
+    PYTHONPATH=PATH python benchmarks/authors_worker.py PATH INPUT.pt OUTPUT.pt [qarv_base|qres34m]
 
 PATH is a clone of https://github.com/duanzhiihao/lossy-vae. Its package is also called ``lvae``,
 so this script never imports this repository's ``lvae``: it runs in its own interpreter with
@@ -10,9 +10,9 @@ repository's ``lvae``, and checks that ``lvae`` was imported from PATH.
 It speaks the line protocol of coding.py's other workers (each answer is a stdout line that
 starts with TAG; anything else the authors' code prints is ignored):
 
-1. imports ``lvae.models.qarv.zoo`` and answers ``imported <their lvae folder>``, or
-   ``error <one line>`` and exits 2 (a missing dependency such as timm, a folder that is not
-   their code);
+1. imports their zoo of the model (``lvae.models.qarv.zoo``; ``lvae.models.qresvae.zoo`` for
+   ``qres34m``) and answers ``imported <their lvae folder>``, or ``error <one line>`` and exits 2
+   (a missing dependency such as timm, a folder that is not their code);
 2. waits for one stdin line (``load``), then reads INPUT.pt (written by coding.py:
    ``state_dict`` of this tree's ``qarv_base`` with the fixed reference weights, ``image``
    1×3×H×W in [0, 1], ``lmb``), builds their ``qarv_base()``, loads the state dict strictly
@@ -25,13 +25,23 @@ starts with TAG; anything else the authors' code prints is ignored):
 
 λ is always passed explicitly: the authors' default λ is the top of their range (2048), this
 tree's is the geometric middle (181.02).
+
+For ``qres34m`` (one network per λ) step 2 builds their ``qres34m(lmb=lmb)`` (λ only weighs their
+training loss there; the state dict is this tree's member's), times ``compress(image)`` and
+``decompress(<compress's list>)``, and the bytes written to OUTPUT.pt are their whole file: the
+pickle their ``compress_file`` writes, ``compress``'s list followed by the image's (height, width),
+with pickle's default protocol.
 """
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
 from worker_protocol import answer, serve  # benchmarks/: this script's folder
+
+#: The models this worker runs: the module of the authors' package that defines each.
+ZOOS = {"qarv_base": "lvae.models.qarv.zoo", "qres34m": "lvae.models.qresvae.zoo"}
 
 
 class SetupError(Exception):
@@ -51,37 +61,49 @@ def _drop_our_editable_lvae() -> None:
                         or "lvae" not in getattr(f, "__module__", "")]
 
 
-def import_authors(path: Path):
+def import_authors(path: Path, model: str = "qarv_base"):
+    import importlib
+
     _drop_our_editable_lvae()
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     try:
         import lvae  # the authors' package
-        from lvae.models.qarv import zoo
+
+        zoo = importlib.import_module(ZOOS[model])
     except ModuleNotFoundError as e:
         top = (e.name or "").split(".")[0]
         if top and top != "lvae":
             raise SetupError(f"the authors' code needs the Python package '{top}', which is not installed here "
-                             "(pip install -e '.[bench]' in this repository installs timm, the one their qarv_base "
+                             f"(pip install -e '.[bench]' in this repository installs timm, the one their {model} "
                              "needs beyond this repository's dependencies)") from e
         raise SetupError(f"{path} is not a complete clone of https://github.com/duanzhiihao/lossy-vae: {e}") from e
     except Exception as e:  # their code, any version: one readable line
-        raise SetupError(f"importing the authors' lvae.models.qarv.zoo from {path} failed: "
+        raise SetupError(f"importing the authors' {ZOOS[model]} from {path} failed: "
                          f"{type(e).__name__}: {e}") from e
     where = Path(lvae.__file__ or next(iter(lvae.__path__))).resolve()
     if path.resolve() not in where.parents:
         raise SetupError(f"'lvae' was imported from {where.parent}, not from {path}")
-    if not callable(getattr(zoo, "qarv_base", None)):
-        raise SetupError(f"{path}: lvae.models.qarv.zoo has no qarv_base (not the authors' QARV code?)")
+    if not callable(getattr(zoo, model, None)):
+        raise SetupError(f"{path}: {ZOOS[model]} has no {model} (not the authors' code?)")
     return zoo, where.parent
 
 
-def build(zoo, input_file: Path):
+def pickled_file(compressed: list, height: int, width: int) -> bytes:
+    """The file the authors' QRes-VAE ``compress_file`` writes for ``compress``'s output ``compressed``."""
+    return pickle.dumps([*compressed, (height, width)])
+
+
+def build(zoo, input_file: Path, name: str = "qarv_base"):
+    """Their model with this tree's weights, warmed up: (timed ops, their bytes, their decoded image, λ).
+
+    Their bytes: for qarv_base, what their ``compress`` returns; for qres34m, their whole file (:func:`pickled_file`).
+    """
     import torch
 
     data = torch.load(input_file, weights_only=True)
     image, lmb = data["image"], float(data["lmb"])
-    model = zoo.qarv_base()
+    model = zoo.qarv_base() if name == "qarv_base" else getattr(zoo, name)(lmb=lmb)
     ours, theirs = data["state_dict"], model.state_dict()
     missing = [k for k in theirs if k not in ours]
     unexpected = [k for k in ours if k not in theirs]
@@ -89,23 +111,30 @@ def build(zoo, input_file: Path):
     if missing or unexpected or shapes:
         problems = [f"{len(v)} {what} (first: {v[0]})" for v, what in
                     ((missing, "keys missing"), (unexpected, "unexpected keys"), (shapes, "shape mismatches")) if v]
-        raise SetupError("the authors' qarv_base does not take this tree's state dict key for key: "
+        raise SetupError(f"the authors' {name} does not take this tree's state dict key for key: "
                          + "; ".join(problems))
     model.load_state_dict(ours, strict=True)
     model.eval()
     model.compress_mode(True)  # their entropy coders' tables
-    bits = model.compress(image, lmb=lmb)  # warm-up, and what coding.py compares with this tree's
-    decoded = model.decompress(bits)
-    return model, image, lmb, bits, decoded
+    if name == "qarv_base":
+        bits = model.compress(image, lmb=lmb)  # warm-up, and what coding.py compares with this tree's
+        ops = {"encode": lambda: model.compress(image, lmb=lmb), "decode": lambda: model.decompress(bits)}
+        return ops, bits, model.decompress(bits), lmb
+    compressed = model.compress(image)  # warm-up
+    height, width = image.shape[2:]
+    ops = {"encode": lambda: model.compress(image), "decode": lambda: model.decompress(compressed)}
+    decoded = model.decompress(compressed)[:, :, :height, :width]  # as their decompress_file crops
+    return ops, pickled_file(compressed, height, width), decoded, lmb
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
+    if len(argv) not in (3, 4) or (len(argv) == 4 and argv[3] not in ZOOS):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     path, input_file, output_file = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    name = argv[3] if len(argv) == 4 else "qarv_base"
     try:
-        zoo, where = import_authors(path)
+        zoo, where = import_authors(path, name)
     except SetupError as e:
         return fail(str(e))
     answer(f"imported {where}")
@@ -114,14 +143,13 @@ def main(argv: list[str]) -> int:
     import torch
 
     try:
-        model, image, lmb, bits, decoded = build(zoo, input_file)
+        ops, bits, decoded, lmb = build(zoo, input_file, name)
     except SetupError as e:
         return fail(str(e))
     except Exception as e:  # an incompatible version of their code: one line
-        return fail(f"the authors' qarv_base failed to load or code the image: {type(e).__name__}: {e}")
+        return fail(f"the authors' {name} failed to load or code the image: {type(e).__name__}: {e}")
     torch.save({"bits": torch.frombuffer(bytearray(bits), dtype=torch.uint8), "decoded": decoded.detach().cpu()},
                output_file)
-    ops = {"encode": lambda: model.compress(image, lmb=lmb), "decode": lambda: model.decompress(bits)}
     answer(f"ready {where} lambda={lmb:.6g} threads={torch.get_num_threads()} bytes={len(bits)}")
     return serve(ops)
 

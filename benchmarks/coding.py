@@ -1,9 +1,12 @@
-"""Encode/decode speed, peak memory and file-size overhead of qarv_base on one Kodak-sized image.
+"""Encode/decode speed, peak memory and file-size overhead of qarv_base (or qres34m) on one Kodak-sized image.
 
-    python benchmarks/coding.py [IMAGE] [--repeats 5] [--lmb 181] [--ratio-lmbs 16,181,2048]
-                                [--device cpu|cuda] [--json OUT.json]
-    python benchmarks/coding.py [IMAGE] --compare REV [--repeats 5] [--lmb 181]
-    python benchmarks/coding.py [IMAGE] [--compare REV] --authors PATH [--repeats 5] [--lmb 181]
+    python benchmarks/coding.py [IMAGE] [--model qarv_base|qres34m] [--repeats 5] [--lmb 181]
+                                [--ratio-lmbs 16,181,2048] [--device cpu|cuda] [--json OUT.json]
+    python benchmarks/coding.py [IMAGE] [--model ...] --compare REV [--repeats 5] [--lmb 181]
+    python benchmarks/coding.py [IMAGE] [--model ...] [--compare REV] --authors PATH [--repeats 5] [--lmb 181]
+
+``--model`` (default ``qarv_base``) picks the network. ``qres34m`` is a fixed-λ family: ``--lmb``
+picks the member, one of its published λ (default 64), and the file/estimate table has that λ only.
 
 The model has the fixed reference weights of :mod:`lvae.models.fixed_weights` (no download needed), so its
 rates are not those of the published model; the timings are. Without IMAGE a smooth random
@@ -42,6 +45,14 @@ which is reported with ``!!!`` but still the same computation. Other latent symb
 images further apart than float noise, fail the check: ``!!! SANITY CHECK FAILED`` before and
 after the table, and the exit status is 1. Column ``vs authors``: that variant's median / the
 authors' median (below 1: faster than the authors' code).
+
+With ``--model qres34m``, ``--authors`` times the QRes-VAE authors' ``qres34m(lmb=λ)`` from the same
+clone (``lvae/models/qresvae/zoo.py``; it needs timm and compressai too), loaded strictly with this
+tree's λ member's state dict (fixed reference weights), timing their ``compress(image)`` and
+``decompress(...)``. Their file is the pickle their ``compress_file`` writes (``compress``'s list,
+then the image's height and width, pickle's default protocol); it is compared with this tree's
+``compress(..., format="legacy")`` byte for byte, string for string, and the decoded images must
+agree within 1e-5.
 """
 from __future__ import annotations
 
@@ -249,11 +260,40 @@ WORKER_TAG = TAG  # benchmarks/worker_protocol.py: the answers of every worker, 
 ROOT = Path(__file__).resolve().parent.parent
 AUTHORS_WORKER = Path(__file__).resolve().with_name("authors_worker.py")
 AUTHORS_REPO = "https://github.com/duanzhiihao/lossy-vae"
-AUTHORS_LABEL = "authors' qarv_base"
 FLOAT_NOISE = 1e-4  # largest difference between the decoded images that counts as float noise
+QRES_FLOAT_NOISE = 1e-5  # the same for QRes-VAE (the authors' pickled layout)
+#: The models --model offers, and the file of the authors' repository that defines each.
+MODELS = {"qarv_base": "lvae/models/qarv/zoo.py", "qres34m": "lvae/models/qresvae/zoo.py"}
+#: A small model of the same class, to ask whether this tree's encoder runs in bfloat16 here.
+TINY = {"qarv_base": "qarv_tiny", "qres34m": "qres_tiny"}
 
 
-def worker(image: str | None, lmb: float | None, all_coding_threads: bool, bf16_encoder: bool = False) -> int:
+def member_lambda(name: str, lmb: float | None) -> float | None:
+    """``lmb`` checked against a fixed-λ family's published members (its default member when None);
+    unchanged for a variable-rate model. A ValueError names the published set."""
+    from lvae.models.registry import default_member, model_lambdas
+
+    lambdas = model_lambdas(name)
+    if lambdas is None:
+        return lmb
+    if lmb is None:
+        return default_member(name)
+    for v in lambdas:
+        if abs(lmb - v) <= 1e-6 * v:
+            return float(v)
+    raise ValueError(f"{name} is a fixed-λ family: --lmb must be one of its published λ "
+                     "{" + ", ".join(f"{v:g}" for v in lambdas) + f"}}, not {lmb:g}")
+
+
+def load_model(name: str, lmb: float | None = None):
+    """This tree's ``name`` with the fixed reference weights, in eval mode (for a fixed-λ family, member ``lmb``)."""
+    if name == "qarv_base":  # as older trees build it (--compare)
+        return load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    return load_fixed_reference_weights(lvae.get_model(name, lmb=lmb)).eval()
+
+
+def worker(image: str | None, lmb: float | None, all_coding_threads: bool, bf16_encoder: bool = False,
+           model_name: str = "qarv_base") -> int:
     """Subprocess side of --compare: warm up, then time one op per line read from stdin."""
     from lvae.models import qarv
 
@@ -261,7 +301,11 @@ def worker(image: str | None, lmb: float | None, all_coding_threads: bool, bf16_
     if all_coding_threads:
         qarv.CODING_THREADS = None
     im, _ = load_input(image)
-    model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    try:
+        model = load_model(model_name, lmb)
+    except Exception as e:  # e.g. an older tree (--compare) without this model: one line
+        answer(f"error the lvae at {Path(lvae.__file__).parent} cannot build {model_name}: {type(e).__name__}: {e}")
+        return 2
     if bf16_encoder:
         model.set_encoder_precision("bfloat16")
     lmb = model.default_lmb if lmb is None else lmb
@@ -306,18 +350,18 @@ class Worker:
 
 
 class AuthorsWorker(Worker):
-    """The QARV authors' ``qarv_base`` (benchmarks/authors_worker.py, ``PYTHONPATH`` = their clone only).
+    """The authors' ``qarv_base`` or ``qres34m`` (benchmarks/authors_worker.py, ``PYTHONPATH`` = their clone only).
 
     Starting it imports their code, so a missing dependency stops the run before anything is built;
     :meth:`write_input` saves this tree's state dict, the image and λ for it, and :meth:`load` has it
     build their model and returns its warm-up output (their bytes, decoded image) for :func:`authors_check`.
     """
 
-    def __init__(self, path: Path, tmp: Path):
-        self.label = AUTHORS_LABEL
+    def __init__(self, path: Path, tmp: Path, model: str = "qarv_base"):
+        self.label = f"authors' {model}"
         self.input, self.output = tmp / "authors_input.pt", tmp / "authors_output.pt"
         env = dict(os.environ, PYTHONPATH=str(path))
-        cmd = [sys.executable, str(AUTHORS_WORKER), str(path), str(self.input), str(self.output)]
+        cmd = [sys.executable, str(AUTHORS_WORKER), str(path), str(self.input), str(self.output), model]
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = self._reply()  # "imported <their lvae folder>"
 
@@ -332,48 +376,64 @@ class AuthorsWorker(Worker):
         return out["bits"].numpy().tobytes(), out["decoded"]
 
 
-def check_authors_path(path: str) -> Path:
-    """``--authors PATH`` must be a clone of the authors' repository (one readable line otherwise)."""
+def check_authors_path(path: str, model: str = "qarv_base") -> Path:
+    """``--authors PATH`` must be a clone of the authors' repository with ``model`` (one readable line otherwise)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise SystemExit(f"coding.py: --authors {path}: no such folder (expected a clone of {AUTHORS_REPO})")
-    if not (folder / "lvae" / "models" / "qarv" / "zoo.py").is_file():
+    if not (folder / MODELS[model]).is_file():
         raise SystemExit(f"coding.py: --authors {path}: not a clone of {AUTHORS_REPO} "
-                         "(it has no lvae/models/qarv/zoo.py)")
+                         f"(it has no {MODELS[model]})")
     return folder.resolve()
+
+
+def _legacy_file(model, data: bytes) -> tuple[list[bytes], str]:
+    """The latent strings of a file in the authors' layout of ``model`` and a word on what else it holds."""
+    if getattr(model, "legacy_layout", "qarv") == "pickle":
+        from lvae.coding.pickled import parse_qres_legacy
+
+        f = parse_qres_legacy(data, stride=model.max_stride)
+        return f.strings, f"top feature shape {f.top_shape}, image {f.height}x{f.width}"
+    from lvae.bitstream import unpack_legacy
+
+    head, strings = unpack_legacy(data)
+    return strings, f"header lambda {head.lmb:.6g}"
 
 
 def authors_check(model, ours: bytes, ours_decoded: torch.Tensor, theirs_bits: bytes, theirs_decoded: torch.Tensor,
                   height: int, width: int) -> tuple[list[str], bool, bool]:
     """The authors' warm-up output against this tree's ``model``: (report lines, byte-identical, same computation).
 
-    ``ours`` is this tree's ``compress(..., format="legacy")``: the authors' ``compress_file`` layout,
-    which is their ``compress`` output behind the image's height and width (two uint16). When the
+    ``ours`` is this tree's ``compress(..., format="legacy")``: the authors' ``compress_file`` layout.
+    For QARV that is their ``compress`` output behind the image's height and width (two uint16),
+    and ``theirs_bits`` is their ``compress`` output; for QRes-VAE (``model.legacy_layout ==
+    "pickle"``) ``theirs_bits`` is their whole file already (the authors' worker pickles it). When the
     bytes differ, this tree's decoder reads their file: the same image as from its own file means
     the same latent symbols, coded with other tables where a prior scale lies on a table boundary
     (README, "Decoding on any machine"), so the timings still compare the same computation.
     """
     from lvae import BitstreamError
-    from lvae.bitstream import unpack_legacy
     from lvae.coding.latent import trace
 
-    theirs = struct.pack("<2H", height, width) + theirs_bits
-    _, our_strings = unpack_legacy(ours)
+    pickled = getattr(model, "legacy_layout", "qarv") == "pickle"
+    noise = QRES_FLOAT_NOISE if pickled else FLOAT_NOISE
+    theirs = theirs_bits if pickled else struct.pack("<2H", height, width) + theirs_bits
+    our_strings, _ = _legacy_file(model, ours)
     try:
-        head, their_strings = unpack_legacy(theirs)
+        their_strings, what = _legacy_file(model, theirs)
     except BitstreamError as e:
         return [f"!!! their bytes are not in their own layout: {e}"], False, False
     lines, identical, same = [], theirs == ours, True
     if identical:
         lines.append(f"latent strings: identical to this tree's, byte for byte ({len(our_strings)} strings, "
-                     f"{sum(map(len, our_strings))} bytes; the whole file too, header lambda {head.lmb:.6g})")
+                     f"{sum(map(len, our_strings))} bytes; the whole file too, {what})")
     else:
         differ = [f"string {i + 1}: {len(a)} vs {len(b)} bytes" for i, (a, b) in
                   enumerate(zip(our_strings, their_strings)) if a != b]
         lines.append(f"!!! latent strings: NOT identical to this tree's: {len(our_strings) - len(differ)} of "
                      f"{len(our_strings)} equal (they have {len(their_strings)}; "
                      + "; ".join(differ[:4] + (["..."] if len(differ) > 4 else []))
-                     + f"); files {len(theirs)} vs {len(ours)} bytes, header lambda {head.lmb:.6g}")
+                     + f"); files {len(theirs)} vs {len(ours)} bytes, {what}")
         try:
             with trace() as reports:
                 cross = model.decompress(theirs)
@@ -396,10 +456,10 @@ def authors_check(model, ours: bytes, ours_decoded: torch.Tensor, theirs_bits: b
         lines.append(f"!!! decoded image: shape {tuple(theirs_decoded.shape)}, this tree's {tuple(ours_decoded.shape)}")
     else:
         diff = (theirs_decoded.float() - ours_decoded.float()).abs().max().item()
-        same = same and diff <= FLOAT_NOISE
-        lines.append(("" if diff <= FLOAT_NOISE else "!!! ") + f"decoded image: max abs diff {diff:.2e} from this "
-                     f"tree's ({'float noise' if diff <= FLOAT_NOISE else 'MORE THAN FLOAT NOISE'}: "
-                     f"limit {FLOAT_NOISE:.0e})")
+        same = same and diff <= noise
+        lines.append(("" if diff <= noise else "!!! ") + f"decoded image: max abs diff {diff:.2e} from this "
+                     f"tree's ({'float noise' if diff <= noise else 'MORE THAN FLOAT NOISE'}: "
+                     f"limit {noise:.0e})")
     return lines, identical, same
 
 
@@ -418,28 +478,31 @@ def export_revision(rev: str, dest: Path) -> Path:
     return dest / "tree"
 
 
-def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int, authors: Path | None = None) -> int:
+def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int, authors: Path | None = None,
+            model_name: str = "qarv_base") -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lvae-bench-"))
     workers: list[Worker] = []
     checked: tuple[list[str], bool, bool] | None = None
+    authors_label = f"authors' {model_name}"
     try:
         im, im_desc = load_input(image)
         h, w = im.shape[2:]
         their_worker = None
         if authors is not None:
-            their_worker = AuthorsWorker(authors, tmp)  # first: a missing dependency stops the run at once
+            their_worker = AuthorsWorker(authors, tmp, model_name)  # first: a missing dependency stops the run
             workers.append(their_worker)
-            model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+            model = load_model(model_name, lmb)
             lmb = model.default_lmb if lmb is None else lmb  # explicit for everyone: the authors' default differs
             their_worker.write_input(model.state_dict(), im, lmb)  # before this tree codes anything
             ours = model.compress(im, lmb, format="legacy")
             ours_decoded = model.decompress(ours)  # this tree reads the authors' layout too
             checked = authors_check(model, ours, ours_decoded, *their_worker.load(), h, w)
             del model
-        common = ([image] if image else []) + ([f"--lmb={lmb!r}"] if lmb is not None else [])
+        common = (([image] if image else []) + ([f"--lmb={lmb!r}"] if lmb is not None else [])
+                  + ([f"--model={model_name}"] if model_name != "qarv_base" else []))
         old_tree = export_revision(rev, tmp) if rev is not None else None
         ours_first = [Worker("new (this tree)", ROOT, common)]
-        if "bfloat16" in lvae.get_model("qarv_tiny").encoder_precisions():  # AVX-512 BF16 or AMX
+        if "bfloat16" in lvae.get_model(TINY[model_name]).encoder_precisions():  # AVX-512 BF16 or AMX
             ours_first.append(Worker("new, bf16 encoder", ROOT, common + ["--bf16-encoder"]))
         workers[:0] = ours_first
         if rev is not None and old_tree is not None:
@@ -447,7 +510,7 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
             if "CODING_THREADS=absent" not in workers[len(ours_first)].info:
                 workers.insert(len(ours_first) + 1,
                                Worker(f"{rev}, all threads", old_tree, common + ["--all-coding-threads"]))
-        print(f"qarv_base, fixed reference weights; {w}x{h} {im_desc}; lambda "
+        print(f"{model_name}, fixed reference weights; {w}x{h} {im_desc}; lambda "
               f"{'default' if lmb is None else f'{lmb:.5g}'}; median of {repeats} after 1 warm-up, "
               "variants taking turns")
         print(f"machine: {machine_description()}")
@@ -455,7 +518,7 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
             print(f"  {wk.label}: {wk.info}")
         if checked is not None:
             lines, identical, same = checked
-            print(f"sanity check, {AUTHORS_LABEL} (this tree's weights, loaded strictly) against this tree, "
+            print(f"sanity check, {authors_label} (this tree's weights, loaded strictly) against this tree, "
                   "warm-up call:")
             for line in lines:
                 print(f"  {line}")
@@ -478,7 +541,7 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
               + (f" {'speed-up':>9}" if rev is not None else "") + (f" {'vs authors':>10}" if authors else ""))
         for op in ("encode", "decode"):
             old = statistics.median(times[rev, op]) if rev is not None else None
-            theirs_med = statistics.median(times[AUTHORS_LABEL, op]) if authors is not None else None
+            theirs_med = statistics.median(times[authors_label, op]) if authors is not None else None
             for wk in workers:
                 t = times[wk.label, op]
                 med = statistics.median(t)
@@ -507,8 +570,12 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image", nargs="?", help="image to code (default: a synthetic 512x768 image)")
+    parser.add_argument("--model", choices=tuple(MODELS), default="qarv_base",
+                        help="the network (default: qarv_base); qres34m is a fixed-λ family: --lmb picks the member")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per operation (default: 5)")
-    parser.add_argument("--lmb", type=float, default=None, help="λ of the timed runs (default: the model's)")
+    parser.add_argument("--lmb", type=float, default=None,
+                        help="λ of the timed runs (default: the model's); for qres34m, one of its published λ "
+                             "(default 64)")
     parser.add_argument("--ratio-lmbs", default="16,default,2048", help="λ values of the file/estimate table")
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
     parser.add_argument("--device", choices=("cpu", "cuda"),
@@ -516,26 +583,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     parser.add_argument("--compare", metavar="REV", help="time encode/decode against git revision REV's lvae (CPU)")
     parser.add_argument("--authors", metavar="PATH",
-                        help=f"also time the QARV authors' qarv_base from PATH, a clone of {AUTHORS_REPO} (CPU)")
+                        help=f"also time the authors' own model (--model) from PATH, a clone of {AUTHORS_REPO} (CPU)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--all-coding-threads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bf16-encoder", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.image, args.lmb, args.all_coding_threads, args.bf16_encoder)
+        return worker(args.image, args.lmb, args.all_coding_threads, args.bf16_encoder, args.model)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    try:
+        args.lmb = member_lambda(args.model, args.lmb)
+    except ValueError as e:
+        parser.error(str(e))
     if args.device == "cuda" and (args.no_cuda or not torch.cuda.is_available()):
         parser.error("--device cuda: " + ("--no-cuda was given too" if args.no_cuda else "CUDA is not available here"))
     if args.compare or args.authors:
-        authors = check_authors_path(args.authors) if args.authors else None
-        return compare(args.compare, args.image, args.lmb, args.repeats, authors)
+        authors = check_authors_path(args.authors, args.model) if args.authors else None
+        return compare(args.compare, args.image, args.lmb, args.repeats, authors, args.model)
 
     im, source = load_input(args.image)
-    model = load_fixed_reference_weights(lvae.get_model("qarv_base")).eval()
+    model = load_model(args.model, args.lmb)
     model.compress_mode(True)
     lmb = model.default_lmb if args.lmb is None else args.lmb
     ratio_lmbs = [model.default_lmb if v == "default" else float(v) for v in args.ratio_lmbs.split(",")]
+    if model.lmb_range[0] == model.lmb_range[1]:  # one member of a fixed-λ family: it codes at its own λ only
+        if args.ratio_lmbs == parser.get_default("ratio_lmbs"):
+            ratio_lmbs = [lmb]
+        elif any(abs(v - lmb) > 1e-6 * lmb for v in ratio_lmbs):
+            parser.error(f"--ratio-lmbs: {args.model}'s λ={lmb:g} member codes at λ={lmb:g} only")
 
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
@@ -544,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = [torch.device(args.device)]
     cpu_peak = CpuPeak()
     h, w = im.shape[2:]
-    print(f"qarv_base, fixed reference weights; {w}x{h} {source}; lambda {lmb:.5g}; "
+    print(f"{args.model}, fixed reference weights; {w}x{h} {source}; lambda {lmb:.5g}; "
           f"median of {args.repeats} after 1 warm-up")
     print(f"machine: {machine_description()}")
     cuda_name = torch.cuda.get_device_name(0) if any(d.type == "cuda" for d in devices) else None
@@ -569,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lm:>8.5g} {est:>9.4f} {real:>9.4f} {ratio:>9.4f} {header:>9d} {psnr:>8.2f}")
     if args.json:
         report = {
-            "model": "qarv_base (fixed reference weights)", "image": source, "height": h, "width": w,
+            "model": f"{args.model} (fixed reference weights)", "image": source, "height": h, "width": w,
             "lambda": lmb, "repeats": args.repeats, "machine": machine_description(), "cuda_device": cuda_name,
             "timings": [
                 {"device": dev, "op": op, "median_s": med, "min_s": lo, "max_s": hi, "peak_mib": peak,
