@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from ..errors import BitstreamError
 from ..io import atomic_write_bytes, check_writable, read_image
 from ..metrics import mse_to_psnr
-from ..utils.args import format_lambdas
+from ..utils.text import format_lambdas
 from . import container as bitstream
 from .container import LEGACY_MODEL
 from .determinism import coding_arithmetic

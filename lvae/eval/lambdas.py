@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..utils.args import format_lambdas
+from ..utils.text import format_lambdas
 
 __all__ = ["DEFAULT_STEPS", "lambda_sweep", "rate_points", "member_points", "format_lambdas"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..utils.args import format_lambdas
+from ..utils.text import format_lambdas
 from .weights import Weights
 
 if TYPE_CHECKING:

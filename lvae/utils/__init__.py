@@ -1,3 +1,3 @@
 """Leaf helpers shared by the command line, evaluation and training: data-set folders
-(:mod:`.datasets`) and argument parsing (:mod:`.args`). Nothing here imports torch or another
-lvae subpackage."""
+(:mod:`.datasets`), argument parsing (:mod:`.args`) and message formatting (:mod:`.text`).
+Nothing here imports torch or another lvae subpackage."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["parse_model_args", "ArgumentParser", "OneLineArgumentParser", "respell", "format_lambdas"]
+__all__ = ["parse_model_args", "ArgumentParser", "OneLineArgumentParser", "respell"]
 
 
 def _canonical(option: str) -> str:
@@ -78,8 +78,3 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
             f"cannot parse model arguments {text!r}: give a dict literal like \"{{'embed_dim': 64}}\" "
             "or key=value pairs like \"embed_dim=64, dec_final_depth=2\" (values must be literals)"
         ) from None
-
-
-def format_lambdas(values: Sequence[float]) -> str:
-    """``{16, 32, 64}``: a set of λ (a fixed-λ family's members) as every message writes it."""
-    return "{" + ", ".join(f"{v:g}" for v in values) + "}"
