@@ -114,6 +114,15 @@ class LoadedImage:
     colour: str  # "gray" or "rgb"
     alpha_dropped: bool  # the source had transparency (not fully opaque) that was dropped
     mode: str  # the source's Pillow mode (e.g. "L", "RGBA", "I;16")
+    deep: bool = False  # the source had more than 8 bits per sample (16-bit gray or RGB), reduced to 8
+
+    def not_exact(self) -> str | None:
+        """What of the source the tensor lost (a lossless coder refuses such a source), or None."""
+        if self.alpha_dropped:
+            return "transparency"
+        if self.deep:
+            return "samples of more than 8 bits"
+        return None
 
     def rgb(self) -> torch.Tensor:
         """The image as 1×3×H×W (a gray image repeated in the three channels)."""
@@ -127,6 +136,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         raise FileNotFoundError(f"no such image file: {path}")
     try:
         with Image.open(path) as img:
+            # NOTE: Pillow opens a 16-bit RGB(A) PNG as 8-bit "RGB(A)"; only the raw tile mode tells.
+            deep = img.mode in _SIXTEEN_BIT or img.mode == "F" or any(
+                ";16" in str(getattr(tile, "args", tile[-1] if isinstance(tile, tuple) else "")) for tile in img.tile
+            )
             img.load()
             img = ImageOps.exif_transpose(img)
             colour = _colour_type(img)
@@ -137,7 +150,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageReadError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from None
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{path} is an empty image")
-    return LoadedImage(_array_to_tensor(arr), colour, dropped, mode)
+    return LoadedImage(_array_to_tensor(arr), colour, dropped, mode, deep)
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:

@@ -159,8 +159,10 @@ def test_pack_accepts_the_limits(version):
 
 
 def test_version_1_refuses_what_it_cannot_record():
-    for extra in (dict(checks=[1] * 4), dict(fingerprint=FP), dict(colour="gray"), dict(num_latents=5)):
-        with pytest.raises(ValueError, match="^version 1 records no checks, fingerprint, colour type or prefix$"):
+    for extra in (dict(checks=[1] * 4), dict(fingerprint=FP), dict(colour="gray"), dict(num_latents=5),
+                  dict(lossless=True)):
+        with pytest.raises(ValueError, match="^version 1 records no checks, fingerprint, colour type, prefix or "
+                                             "losslessness$"):
             bitstream.pack("m", 20.0, 5, 6, STRINGS, version=1, **extra)
     assert bitstream.pack("m", 20.0, 5, 6, STRINGS, version=1, num_latents=4) == v1_by_hand(b"m", 20.0, 5, 6)
 
@@ -171,7 +173,7 @@ V2_HEADER_END = 8 + 9 + 8 + 4 + 1 + 2 + 2 + 5
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda d: d[:5] + bytes([0x07]) + d[6:], "unknown flags 0x07"),
+    (lambda d: d[:5] + bytes([0x0b]) + d[6:], "unknown flags 0x0b"),
     (lambda d: d[:5] + bytes([0x83]) + d[6:], "unknown flags 0x83"),
     (lambda d: d[:6] + bytes([2]) + d[7:], "unknown colour type 2"),
     (lambda d: d[:4] + bytes([3]) + d[5:], "unsupported lvae format version 3"),
@@ -470,3 +472,22 @@ def test_a_file_without_strings_is_still_checked():
     for lmb, h, w, words in ((-1.0, 5, 5, "λ must be"), (20.0, 0, 5, "image size"), (math.nan, 5, 5, "λ must be")):
         with pytest.raises(ValueError, match=words):
             bitstream.pack("m", lmb, h, w, [], num_latents=9)
+
+
+def test_a_lossless_file_carries_every_string_its_checks_and_the_pixel_check():
+    checks = [11, 22, 33, 44]
+    pixel = bytes(range(16))
+    data = bitstream.pack("m", 1.0, 5, 6, STRINGS, checks=checks, lossless=True, pixel_check=pixel)
+    header, strings = bitstream.unpack(data)
+    assert header.lossless and header.pixel_check == pixel and strings == STRINGS and header.checks == checks
+    assert len(data) == len(bitstream.pack("m", 1.0, 5, 6, STRINGS, checks=checks)) + 16
+    for bad in (dict(pixel_check=None), dict(checks=None), dict(pixel_check=b"short")):
+        with pytest.raises(ValueError, match="lossless"):
+            bitstream.pack("m", 1.0, 5, 6, STRINGS, **{"checks": checks, "lossless": True, "pixel_check": pixel, **bad})
+    with pytest.raises(ValueError, match="prefix"):
+        bitstream.pack("m", 1.0, 5, 6, STRINGS[:2], checks=checks[:2], num_latents=4, lossless=True, pixel_check=pixel)
+    cut = bitstream.truncate(data, 3)
+    assert not bitstream.read_header(cut).lossless and bitstream.read_header(cut).pixel_check is None
+    assert bitstream.truncate(data, 4) == data
+    with pytest.raises(BitstreamError, match="truncated or extended"):
+        bitstream.unpack(data[:-1])

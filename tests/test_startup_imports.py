@@ -72,7 +72,9 @@ def test_import_lvae_is_light_and_submodules_load_on_use():
     proc = run_child(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [
-        "True", "True", "['qarv_base',", "'qarv_small',", "'qarv_tiny',", "'qres17m',", "'qres34m',", "'qres_tiny']",
+        "True", "True", "['qarv_base',", "'qarv_small',", "'qarv_tiny',", "'qres17m',", "'qres34m',",
+        "'qres34m_lossless',", "'qres_tiny',", "'qres_tiny_lossless',",
+        "'rd_model_base',", "'rd_model_tiny']",
         "('lvae.bitstream',", "'lvae.metrics')"
     ]
 
@@ -107,7 +109,11 @@ def test_builtin_models_register_without_importing_the_network():
         "qarv_tiny": ["lvae.models.zoo", False],
         "qres17m": ["lvae.models.zoo", True],
         "qres34m": ["lvae.models.zoo", True],
+        "qres34m_lossless": ["lvae.models.zoo", True],
         "qres_tiny": ["lvae.models.zoo", False],
+        "qres_tiny_lossless": ["lvae.models.zoo", False],
+        "rd_model_base": ["lvae.models.zoo", True],
+        "rd_model_tiny": ["lvae.models.zoo", False],
     }
     assert light and loaded
 

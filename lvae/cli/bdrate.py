@@ -5,7 +5,9 @@ prints the BD-rate of the first curve against each of the others (:func:`lvae.ev
 with the PSNR interval the two curves share (the interval the BD-rate integrates over). A curve
 shipped with lvae (:mod:`lvae.eval.anchors`) is named ``TEST-SET/NAME`` (``kodak/qres34m``); with
 no curves to compare with, the first is compared with every shipped curve of its test set
-(``lvae bdrate kodak/qres34m``: the published BD-rates of qres34m).
+(``lvae bdrate kodak/qres34m``: the published BD-rates of qres34m). Where one of two curves is an
+R(D) upper bound (``eval-var-rate.py --model rd_model_base``), the line adds how far the codec is
+above it (:func:`lvae.eval.bound.gap_line`: "this codec is X % above the bound").
 Importing this module imports no numpy.
 """
 from __future__ import annotations
@@ -48,7 +50,18 @@ def _load(text: str) -> tuple[dict[str, Any], bool]:
 
 
 def _label(curve: dict[str, Any], fallback: str, shipped: bool) -> str:
-    return str(curve.get("name") or fallback) + (" (published)" if shipped else "")
+    from ..eval.results import is_bound_curve
+
+    name = str(curve.get("name") or fallback) + (" (published)" if shipped else "")
+    return f"R(D) upper bound ({name})" if is_bound_curve(curve) else name
+
+
+def _gap(test: dict[str, Any], curve: dict[str, Any], label: str) -> str:
+    """``; this codec is X % above the bound`` where one of the two is a bound, else nothing."""
+    from ..eval.bound import gap_line
+
+    line = gap_line(test, curve, label)
+    return "" if line is None else f"; {line}"
 
 
 @reports_errors
@@ -58,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
     test, test_shipped = _load(args.test)
     rows: list[tuple[str, dict[str, float] | str]] = []
+    gaps: list[str] = []
     if args.anchors:  # every curve asked for must compare
         for text in args.anchors:
             curve, shipped = _load(text)
             rows.append((_label(curve, text, shipped), compare(test, curve)))
+            gaps.append(_gap(test, curve, rows[-1][0]))
     else:  # the shipped curves of its test set, VTM first; one that cannot compare says why
         test_set = test.get("test-set")
         candidates = [c for c in anchors_for(str(test_set)) if not (test_shipped and c["name"] == test["name"])]
@@ -74,16 +89,17 @@ def run(args: argparse.Namespace) -> int:
                 rows.append((_label(curve, "", True), compare(test, curve)))
             except ValueError as exc:
                 rows.append((_label(curve, "", True), str(exc)))
+            gaps.append(_gap(test, curve, rows[-1][0]))
         if all(isinstance(r, str) for _, r in rows):
             raise ValueError(str(rows[0][1]))
     name = _label(test, args.test, test_shipped)
     width = max(len("anchor"), *(len(r[0]) for r in rows))
     lines = [f"BD-rate of {name} (PSNR RGB):", f"{'anchor':<{width}}  {'BD-rate':>9}  shared PSNR range"]
-    for label, r in rows:
+    for (label, r), gap in zip(rows, gaps):
         if isinstance(r, str):
             lines.append(f"{label:<{width}}  {'-':>9}  not computed: {r}")
         else:
-            lines.append(f"{label:<{width}}  {r['bd-rate']:>+8.2f}%  {r['psnr-low']:.2f}–{r['psnr-high']:.2f} dB")
+            lines.append(f"{label:<{width}}  {r['bd-rate']:>+8.2f}%  {r['psnr-low']:.2f}–{r['psnr-high']:.2f} dB{gap}")
     write_line("\n".join(lines))
     return 0
 

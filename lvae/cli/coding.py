@@ -44,7 +44,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..bitstream import Header
-    from ..coding.codec import CompressionMixin
+    from ..coding.codec import CompressionMixin, CompressResult
     from ..io import ImageFormat
 
 __all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "AUTHORS_LAYOUT_MODELS", "add_parsers", "legacy_format_problem"]
@@ -148,7 +148,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 # The models whose authors wrote files of their own layout, which `--format legacy` writes (each
 # model's legacy_layout_models): named here so that the check needs no model built (no torch).
-AUTHORS_LAYOUT_MODELS = (LEGACY_MODEL, "qres34m", "qres17m")
+AUTHORS_LAYOUT_MODELS = (LEGACY_MODEL, "qres34m", "qres17m", "qres34m_lossless")
 
 
 def legacy_format_problem(args: argparse.Namespace) -> str | None:
@@ -167,10 +167,40 @@ def compress_model_name(args: argparse.Namespace) -> str:
     return LEGACY_MODEL if args.format == "legacy" else DEFAULT_MODEL
 
 
+def rate_option(args: argparse.Namespace) -> str | None:
+    """The rate option of ``compress`` given (``--lmb``, ``--bpp``, ``--bytes``, ``--psnr``), or None."""
+    return next((f"--{flag}" for flag in ("lmb", "bpp", "bytes", "psnr") if getattr(args, flag) is not None), None)
+
+
+def decoded_exactly(res: CompressResult) -> bool:
+    """Whether the file decoded to its 8-bit source exactly, read from ``res.psnr`` (measured on the decoded
+    image rounded to 8 bits, against the float32 source: float noise alone keeps it above 140 dB): one
+    sample one level off would make the squared errors add up to at least one level², in 8-bit units."""
+    samples = res.width * res.height * (1 if res.colour == "gray" else 3)
+    return math.isinf(res.psnr) or 10 ** (-res.psnr / 10) * samples * 255**2 < 0.5
+
+
+def lossless_rate_problem(name: str, option: str) -> str:
+    return (f"{option} applies to a lossy model; {name} codes every image losslessly (no λ, no rate target: each "
+            "file is as long as its image needs)")
+
+
 def compress(args: argparse.Namespace) -> int:
+    from ..eval.bound import is_bound_model
+    from ..eval.lossless import is_lossless_model
+
     models = Models(args.weights, args.device)
     outputs = Outputs(args.output, args.out_dir, SUFFIXES[args.format], args.force)
     model_name = compress_model_name(args)
+    if is_bound_model(model_name):  # a usage error, before any model is built or file touched
+        write_line(f"{PROG}: error: --model {model_name} measures an upper bound on the rate–distortion function "
+                   f"R(D) of images; it is not a codec and compresses nothing (measure the bound: eval-var-rate.py "
+                   f"--model {model_name})", sys.stderr)
+        return EXIT_USAGE
+    rate = rate_option(args)
+    if rate is not None and is_lossless_model(model_name):
+        write_line(f"{PROG}: error: {lossless_rate_problem(model_name, rate)}", sys.stderr)
+        return EXIT_USAGE
     if args.lmb is not None and args.weights is None:
         # A fixed-λ family codes at its members' λ only: a usage error, before any file is touched.
         problem = family_member_problem(model_name, args.lmb)
@@ -183,6 +213,8 @@ def compress(args: argparse.Namespace) -> int:
         check_input(src)
         out = outputs.path_for(src)
         model = models.get(model_name, args.lmb)
+        if model.lossless and rate is not None:  # a lossless model registered outside lvae
+            raise ValueError(lossless_rate_problem(model_name, rate))
         if bf16_pending[0]:
             use_bf16_encoder(model)  # or one warning line and float32
             bf16_pending[0] = False
@@ -212,9 +244,15 @@ def compress(args: argparse.Namespace) -> int:
         if res.alpha_dropped:
             warn(src, "its transparency (alpha channel) was dropped: lvae codes the colours only")
         gray = ", gray" if res.colour == "gray" else ""
+        if model.lossless and not decoded_exactly(res):  # the library's promise, checked on the file written
+            out.unlink(missing_ok=True)
+            raise RuntimeError(f"the lossless file decodes to {res.psnr:.2f} dB, not to the source exactly: it was "
+                               "removed; please report it")
+        quality = "lossless" if model.lossless else f"PSNR {res.psnr:.2f} dB"
+        lmb = "" if model.lossless else f", lmb {res.lmb:.4g}"  # a lossless model has no λ to choose
         return (
-            f"{src} -> {res.path}: {res.num_bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB, "
-            f"{model_name}, lmb {res.lmb:.4g}, {res.width}x{res.height}{gray}"
+            f"{src} -> {res.path}: {res.num_bytes} bytes, {res.bpp:.4f} bpp, {quality}, "
+            f"{model_name}{lmb}, {res.width}x{res.height}{gray}"
         )
 
     return run_files(args.images, "compress", job)
@@ -255,11 +293,31 @@ def file_maker(header: Header, model: str | None, lmb: float | None, weights: st
     return made_by, header.lmb
 
 
+def lossless_format_problem(src: Path, fmt: ImageFormat, latents: int | None) -> str | None:
+    """Why ``src``, decoded whole, cannot be written in ``fmt``: a lossless file in a lossy format
+    (a usage error); None otherwise, and for a file that cannot be read (its error comes later)."""
+    if fmt.lossless:
+        return None
+    try:
+        header = read_header(src.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not header.lossless or (latents is not None and latents < len(header.string_lengths)):
+        return None
+    return (f"{src} is a lossless file: it decodes to its source exactly, and {fmt.describe()} would lose that; "
+            "write a lossless format (PNG, TIFF, BMP, PPM, or WebP without --quality)")
+
+
 def decompress(args: argparse.Namespace) -> int:
     from ..eval.plot import figure_written_by_lvae
     from ..io import save_image, tensor_to_image
 
     fmt: ImageFormat = args.image_format_resolved
+    for item in args.files:  # before anything is decoded or written
+        problem = lossless_format_problem(Path(item), fmt, args.latents)
+        if problem is not None:
+            write_line(f"{PROG}: error: {problem}", sys.stderr)
+            return EXIT_USAGE
     models = Models(args.weights, args.device)
     outputs = Outputs(args.output, args.out_dir, fmt.suffix, args.force, keep_name=True)
 
@@ -310,6 +368,8 @@ def decompress(args: argparse.Namespace) -> int:
         outputs.done(out)
         used = len(data) if args.latents is None else len(truncate(data, args.latents))
         latents = "" if args.latents is None else f", {args.latents} of {header.num_latents} latents"
+        if header.lossless and (args.latents is None or args.latents >= len(header.string_lengths)):
+            latents += ", lossless: the source exactly"
         return (f"{src} -> {out}: {used} bytes, {8 * used / pixels:.4f} bpp, {header.width}x{header.height}{latents}, "
                 f"{saved.describe()}")
 

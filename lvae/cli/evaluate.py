@@ -1,6 +1,7 @@
 """``lvae eval`` and ``eval-var-rate.py``: the rate–distortion evaluation of a model (a variable-rate
 model over a λ sweep, a fixed-λ family such as ``qres34m`` over its members) or a classical codec
 (:mod:`lvae.eval.evaluation`), written as a result JSON. Which λ: :func:`lvae.eval.lambdas.rate_points`.
+An R(D) model (``rd_model_base``) is measured, not coded: :mod:`lvae.eval.bound`.
 
 Importing this module, and :func:`add_arguments`, import neither torch nor numpy: ``lvae --help``
 stays light. :func:`run` imports the evaluation.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from ..eval.bound import DEFAULT_SAMPLES, DEFAULT_SEED, is_bound_model
 from ..eval.classical import CODECS
 from ..eval.lambdas import DEFAULT_STEPS
+from ..eval.lossless import is_lossless_model
 from .common import (
     RANDOM_WEIGHTS,
     add_device_option,
@@ -22,6 +25,7 @@ from .common import (
     add_weights_option,
     check_weights,
     claim_output,
+    positive_int,
     reports_errors,
     standalone,
     use_bf16_encoder,
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..coding.codec import CompressionMixin
+    from ..eval.bound import BoundModel
 
 __all__ = ["HELP", "DESCRIPTION", "PROG_NAME", "add_arguments", "run", "main"]
 
@@ -40,7 +45,8 @@ HELP = "rate–distortion evaluation of a model or a classical codec (writes a r
 DESCRIPTION = (
     "Rate–distortion evaluation of a model (a variable-rate model over a λ sweep, a fixed-λ family "
     "such as qres34m over its members) or a classical codec: real coding to files, bpp from file "
-    "sizes, PSNR (RGB) and MS-SSIM; writes a JSON."
+    "sizes, PSNR (RGB) and MS-SSIM; writes a JSON. An R(D) model (rd_model_base) measures an upper bound "
+    "on R(D) instead: rate from the KL, distortion from decoded posterior samples."
 )
 
 
@@ -64,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--bf16-encoder", action="store_true",
                    help="encode with the bfloat16 encoder (QARV.set_encoder_precision); the result records it")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help=f"R(D) model (rd_model_base): posterior samples per image and λ (default {DEFAULT_SAMPLES})")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"R(D) model: seed of the posterior samples (default {DEFAULT_SEED})")
     p.add_argument("--progressive", action="store_true",
                    help="measure every prefix of the latent strings (bpp and PSNR for k = 0 … L) instead; "
                         "writes results/<name>-<test-set>-progressive.json and a PNG plot beside it")
@@ -86,6 +96,30 @@ def _check_flags(args: argparse.Namespace) -> None:
                 raise ValueError(f"--{flag.replace('_', '-')} applies to --model, not to --codec")
     elif args.qualities is not None:
         raise ValueError("--qualities applies to --codec, not to --model")
+    bound = args.model is not None and is_bound_model(args.model)
+    for flag in ("samples", "seed"):
+        if getattr(args, flag) is not None and not bound:
+            raise ValueError(f"--{flag} applies to an R(D) model (rd_model_base), whose distortion is sampled")
+    if bound:
+        _refuse_codec_flags(args)
+    if args.model is not None and is_lossless_model(args.model):
+        _refuse_rate_flags(args)
+
+
+def _refuse_codec_flags(args: argparse.Namespace) -> None:
+    """An R(D) model codes nothing: the flags of coding are usage errors for it."""
+    for flag in ("bf16_encoder", "progressive"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} applies to a codec; {args.model} measures an upper "
+                             "bound on R(D) and codes nothing")
+
+
+def _refuse_rate_flags(args: argparse.Namespace) -> None:
+    """A lossless model has no λ: the flags of a rate sweep are usage errors for it."""
+    for flag in ("lmb_range", "steps", "progressive"):
+        if getattr(args, flag) not in (None, False):
+            raise ValueError(f"--{flag.replace('_', '-')} applies to a lossy model; {args.model} codes losslessly "
+                             "(no λ: each file is as long as its image needs)")
 
 
 def _claim_outputs(args: argparse.Namespace, name: str, test_set: str) -> tuple[Path, Path | None]:
@@ -107,14 +141,15 @@ def _claim_outputs(args: argparse.Namespace, name: str, test_set: str) -> tuple[
 
 
 def _load_model(name: str, weights: str | None, model_args: dict[str, Any], device: torch.device
-                ) -> tuple[CompressionMixin, str]:
-    """The model ready for coding and how its weights are described in the result: ``published``
-    (the model's own), ``random`` (asked for), or the checkpoint's path."""
+                ) -> tuple[CompressionMixin | BoundModel, str]:
+    """The model ready for coding (an R(D) model: for measuring) and how its weights are described
+    in the result: ``published`` (the model's own), ``random`` (asked for), or the checkpoint's path."""
     from ..coding.codec import CompressionMixin
+    from ..eval.bound import measures_bound
     from ..models import load_model
 
     model = load_model(name, weights, model_args=model_args, device=device, coding=True)
-    if not isinstance(model, CompressionMixin):
+    if not isinstance(model, CompressionMixin) and not measures_bound(model):
         raise ValueError(f"{name} is not a variable-rate image codec (it has no compress/decompress)")
     return model, "published" if weights is None else weights
 
@@ -181,9 +216,9 @@ def _add_bd_rate(report: dict[str, Any]) -> None:
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
+    from ..eval.bound import measures_bound
     from ..eval.evaluation import evaluate_codec, evaluate_model, find_images
     from ..eval.lambdas import rate_points
-    from ..eval.results import save_results
     from ..utils.args import parse_model_args
 
     _check_flags(args)
@@ -202,11 +237,20 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_codec(args.codec, images, args.qualities, test_set=test_set, folder=folder, progress=progress)
     else:
         build_args = _first_member(args.model, args.weights, args.lmb_range, model_args)
-        model, weights = _load_model(args.model, args.weights, build_args, device)
+        loaded, weights = _load_model(args.model, args.weights, build_args, device)
+        if measures_bound(loaded):
+            report = _measure_bound(args, loaded, weights, images, test_set, folder, progress)
+            report.update(weights=weights, **{"model-args": model_args})
+            return _finish(report, output, _print_bound_table)
+        model = cast("CompressionMixin", loaded)  # a codec: _load_model gives a codec or a bound
         bf16 = args.bf16_encoder and use_bf16_encoder(model)  # or one warning line and float32
+        if model.lossless:  # bits per pixel beside PNG and WebP: lvae.eval.lossless
+            _note_random_weights(args.model, weights)
+            extra = {"weights": weights, "model-args": model_args}
+            return _run_lossless(args, model, images, test_set, folder, progress, output,
+                                 {**extra, "encoder-precision": "bfloat16"} if bf16 else extra)
         lambdas = rate_points(model, args.lmb_range, args.steps)
-        if weights == RANDOM_WEIGHTS:
-            write_line(f"note: {args.model} is evaluated with random weights (--weights random)", sys.stderr)
+        _note_random_weights(args.model, weights)
         _note_one_network(args.model, model)
         if args.progressive:
             assert plot is not None
@@ -217,10 +261,62 @@ def run(args: argparse.Namespace) -> int:
         if bf16:  # recorded only when it ran
             report["encoder-precision"] = "bfloat16"
 
-    _print_table(report)
+    return _finish(report, output, _print_table)
+
+
+def _finish(report: dict[str, Any], output: Path, print_table: Callable[[dict[str, Any]], None]) -> int:
+    from ..eval.results import save_results
+
+    print_table(report)
     _add_bd_rate(report)
     write_line(f"results written to {save_results(report, output)}")
     return 0
+
+
+def _run_lossless(args: argparse.Namespace, model: CompressionMixin, images: Sequence[Path], test_set: str,
+                  folder: Path, progress: bool, output: Path, extra: dict[str, Any]) -> int:
+    """A lossless model: no λ, no curve, no BD-rate (:mod:`lvae.eval.lossless`)."""
+    from ..eval.lossless import evaluate_lossless, summary
+    from ..eval.results import save_results
+
+    _refuse_rate_flags(args)  # again: a lossless model registered outside lvae is known only now
+    report = evaluate_lossless(model, images, name=args.model, test_set=test_set, folder=folder, progress=progress)
+    report.update(extra)
+    write_line(summary(report))
+    write_line(f"results written to {save_results(report, output)}")
+    return 0
+
+
+def _note_random_weights(name: str, weights: str) -> None:
+    if weights == RANDOM_WEIGHTS:
+        write_line(f"note: {name} is evaluated with random weights (--weights random)", sys.stderr)
+
+
+def _measure_bound(args: argparse.Namespace, model: BoundModel, weights: str, images: Sequence[Path], test_set: str,
+                   folder: Path, progress: bool) -> dict[str, Any]:
+    """The R(D) upper bound over the model's λ sweep (:mod:`lvae.eval.bound`)."""
+    from ..eval.bound import evaluate_bound
+    from ..eval.lambdas import rate_points
+
+    _refuse_codec_flags(args)  # again: a bound registered outside lvae is known only now
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    lambdas = rate_points(model, args.lmb_range, args.steps)
+    _note_random_weights(args.model, weights)
+    return evaluate_bound(model, images, lambdas, samples=samples, seed=seed, name=args.model, test_set=test_set,
+                          folder=folder, progress=progress)
+
+
+def _print_bound_table(report: dict[str, Any]) -> None:
+    res = report["results"]
+    lines = [f"{report['name']}: upper bound on R(D) on {report['test-set']} ({report['num-images']} images, "
+             f"{report['samples']} posterior sample{'s' if report['samples'] != 1 else ''} per image and λ, "
+             f"seed {report['seed']}, {report['device']}; rate from the KL, no coding)",
+             f"{'lmb':>9} {'bpp':>8} {'PSNR':>8}"]
+    for i, lmb in enumerate(report["lambdas"]):
+        lines.append(f"{lmb:>9.4g} {res['bpp'][i]:>8.4f} {res['psnr'][i]:>8.3f}")
+    lines.append(f"mean {report['timings']['seconds-per-point-mean']:.4f} s per image and λ")
+    write_line("\n".join(lines))
 
 
 def _note_unused_cuda() -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..bitstream import read_header, truncate
 from ..eval.lambdas import format_lambdas
+from ..eval.lossless import is_lossless_model
 from ..models.registry import list_models, model_lambdas, model_weights
 from .coding import DEFAULT_MODEL, LEGACY_MODEL
 from .common import EXIT_FAILED, EXIT_OK, check_input, report_error, write_line
@@ -36,7 +37,8 @@ def _model_rows(h: Header) -> list[tuple[str, str]]:
                 ("lambda", "not recorded")]
     if not h.model_name:
         return [("model", f"{LEGACY_MODEL} (authors' layout, no model name recorded)"), ("lambda", f"{h.lmb:.6g}")]
-    rows = [("model", h.model_name), ("lambda", f"{h.lmb:.6g}")]
+    lmb = f"{h.lmb:.6g}" + (" (unused: a lossless model has no λ)" if is_lossless_model(h.model_name) else "")
+    rows = [("model", h.model_name), ("lambda", lmb)]
     members = model_lambdas(h.model_name) if h.model_name in list_models() else None
     if members is not None:
         rows.append(("member", member_line(h.model_name, h.lmb, members)))
@@ -49,6 +51,21 @@ def member_line(name: str, lmb: float, members: tuple[float, ...]) -> str:
         return f"λ={lmb:g} of {name} (λ ∈ {format_lambdas(members)})"
     return (f"λ={lmb:g}, no published member of {name} (λ ∈ {format_lambdas(members)}): "
             "decode it with the weights that made it (--weights FILE)")
+
+
+def _lossless_row(h: Header) -> str | None:
+    """Whether the file decodes to its source bit for bit: said for a lossless file, and for a prefix
+    of one (a lossy preview); None for the files of lossy models."""
+    if h.lossless and h.pixel_check is not None:
+        return ("yes: decodes to the source bit for bit on any machine (the pixels carry a 160-bit map check; "
+                "a file that cannot be verified is refused, never decoded wrong)")
+    if h.lossless:
+        return ("yes (the QRes-VAE authors' layout: its pixels carry no map check, so it decodes as their code "
+                "decodes it on this machine)")
+    if h.model_name is not None and is_lossless_model(h.model_name):
+        return (f"no: {len(h.string_lengths)} of {h.num_latents} strings, without the pixels' string "
+                "(a lossy preview of a lossless file)")
+    return None
 
 
 def describe(src: Path) -> str:
@@ -76,6 +93,9 @@ def describe(src: Path) -> str:
         rows.append(("weights", f"fingerprint {h.fingerprint.hex()}"))
     if h.checks is not None:
         rows.append(("checks", "one 32-bit index-map check per string (decodes on any machine)"))
+    lossless = _lossless_row(h)
+    if lossless is not None:
+        rows.append(("lossless", lossless))
     return "\n".join(f"{k + ':':<9} {v}" for k, v in rows)
 
 

@@ -382,6 +382,8 @@ class CompressionMixin(_ModuleBase):
     #: Which authors' layout ``format='legacy'`` means for this model: ``"qarv"`` (the QARV binary
     #: layout) or ``"pickle"`` (QRes-VAE's pickled list, read without unpickling: :mod:`.pickled`).
     legacy_layout: str = "qarv"
+    #: True for a lossless model: its files decode to the 8-bit source bit for bit, and say so.
+    lossless: bool = False
 
     # -- operating points: one continuous range, or fixed-λ members ----------------------------
     @property
@@ -501,7 +503,8 @@ class CompressionMixin(_ModuleBase):
         if len(checks) != len(coded):
             raise RuntimeError("the model's encode_latents gave a string without its index-map check")
         return bitstream.pack(
-            self.name, lmb, h, w, strings, checks=checks, fingerprint=weights_fingerprint(self), colour=colour
+            self.name, lmb, h, w, strings, checks=checks, fingerprint=weights_fingerprint(self), colour=colour,
+            lossless=self.lossless, pixel_check=coded[-1].extra if self.lossless else None,
         )
 
     @torch.no_grad()
@@ -869,6 +872,8 @@ class CompressionMixin(_ModuleBase):
             )
         checks = header.checks[: len(strings)] if header.checks is not None else [None] * len(strings)
         coded = [[CodedLatent(s, c)] for s, c in zip(strings, checks)]
+        if header.pixel_check is not None:  # a lossless file: the pixels' further check
+            coded[-1] = [CodedLatent(strings[-1], checks[-1], header.pixel_check)]
         s = self.max_stride
         grid = (-(-header.height // s), -(-header.width // s))
         try:
@@ -907,6 +912,11 @@ class CompressionMixin(_ModuleBase):
             raise ValueError(f"refusing to overwrite the input image {image_path} with its compressed file")
         check_writable(out_path)
         loaded = read_image(image_path)
+        what = loaded.not_exact()
+        if self.lossless and what is not None:
+            raise ValueError(
+                f"{image_path} has {what}, which a lossless file of 8-bit RGB or gray cannot hold: nothing was written"
+            )
         data, result = self.compress_with_result(
             loaded.tensor, lmb, target_bpp=target_bpp, target_bytes=target_bytes, target_psnr=target_psnr,
             format=format, progress=progress,

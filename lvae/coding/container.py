@@ -32,6 +32,9 @@ COLOURS = ("rgb", "gray")  # version 2's colour-type byte: the index of the sour
 FINGERPRINT_BYTES = 8
 FLAG_CHECKS = 0x01  # each string is preceded by its 32-bit index-map check
 FLAG_FINGERPRINT = 0x02  # the header holds the weights' fingerprint
+FLAG_LOSSLESS = 0x04  # every string is present and the file decodes to its source exactly (a lossless model);
+# the last string (the pixels) carries PIXEL_CHECK_BYTES more check bytes after its 32-bit check
+PIXEL_CHECK_BYTES = 16
 _FIXED = struct.Struct("<4sBB")  # magic, version, model-name length (v1)
 _BODY = struct.Struct("<fIIB")  # λ, height, width, number of strings (v1)
 _FIXED2 = struct.Struct("<4sBBBB")  # magic, version, flags, colour type, model-name length (v2)
@@ -53,6 +56,8 @@ class Header:
     fingerprint: bytes | None = None  # version 2: first 8 bytes of the weights' SHA-256
     colour: str = "rgb"  # version 2: the source image's colour type, one of COLOURS
     num_latents: int | None = None  # the model's number of latent strings (None: as many as present)
+    lossless: bool = False  # version 2: the file decodes to its source bit for bit (a lossless model's)
+    pixel_check: bytes | None = None  # lossless files: the pixel map's further check (PIXEL_CHECK_BYTES)
 
     @property
     def num_bytes_strings(self) -> int:
@@ -116,15 +121,20 @@ def pack(
     colour: str = "rgb",
     num_latents: int | None = None,
     version: int = VERSION,
+    lossless: bool = False,
+    pixel_check: bytes | None = None,
 ) -> bytes:
     """An lvae container (version 2 by default; ``version=1`` writes the older layout).
 
     ``checks``: one 32-bit index-map check per string; ``fingerprint``: 8 bytes identifying the
-    weights; ``num_latents``: the model's number of strings when ``strings`` is a prefix of them.
+    weights; ``num_latents``: the model's number of strings when ``strings`` is a prefix of them;
+    ``lossless``: the file decodes to its source exactly (all strings present, with checks, and
+    ``pixel_check``, the last string's further :data:`PIXEL_CHECK_BYTES`).
     """
     if version == 1:
-        if checks is not None or fingerprint is not None or colour != "rgb" or num_latents not in (None, len(strings)):
-            raise ValueError("version 1 records no checks, fingerprint, colour type or prefix")
+        if (checks is not None or fingerprint is not None or colour != "rgb" or num_latents not in (None, len(strings))
+                or lossless):
+            raise ValueError("version 1 records no checks, fingerprint, colour type, prefix or losslessness")
         return _pack_v1(model_name, lmb, height, width, strings)
     if version != 2:
         raise ValueError(f"lvae writes container versions {VERSIONS}, not {version}")
@@ -151,6 +161,14 @@ def pack(
         if len(fingerprint) != FINGERPRINT_BYTES:
             raise ValueError(f"the weights' fingerprint must be {FINGERPRINT_BYTES} bytes")
         flags |= FLAG_FINGERPRINT
+    if lossless:
+        if len(strings) != total:
+            raise ValueError("a lossless file holds every string (a prefix of them is not lossless)")
+        if checks is None or pixel_check is None or len(pixel_check) != PIXEL_CHECK_BYTES:
+            raise ValueError(f"a lossless file needs the strings' checks and a {PIXEL_CHECK_BYTES}-byte pixel check")
+        flags |= FLAG_LOSSLESS
+    elif pixel_check is not None:
+        raise ValueError("only a lossless file carries a pixel check")
     head = [_FIXED2.pack(MAGIC, 2, flags, COLOURS.index(colour), len(name)), name]
     if fingerprint is not None:
         head.append(bytes(fingerprint))
@@ -161,13 +179,16 @@ def pack(
     for i, s in enumerate(strings):
         if checks is not None:
             body.append(_CRC.pack(int(checks[i])))
+        if lossless and i == len(strings) - 1:
+            assert pixel_check is not None
+            body.append(bytes(pixel_check))
         body.append(bytes(s))
     return b"".join(body)
 
 
 def _unpack_v2(data: bytes) -> tuple[Header, list[bytes]]:
     _, version, flags, colour, name_len = _FIXED2.unpack_from(data, 0)
-    if flags & ~(FLAG_CHECKS | FLAG_FINGERPRINT):
+    if flags & ~(FLAG_CHECKS | FLAG_FINGERPRINT | FLAG_LOSSLESS):
         raise BitstreamError(f"unknown flags 0x{flags:02x} in the header (a newer lvae wrote this file?)")
     if colour >= len(COLOURS):
         raise BitstreamError(f"unknown colour type {colour} in the header")
@@ -206,22 +227,30 @@ def _unpack_v2(data: bytes) -> tuple[Header, list[bytes]]:
         raise BitstreamError(f"invalid λ {lmb} in the header")
     if total < 1 or present > total:
         raise BitstreamError(f"invalid header: {present} of {total} latent strings")
+    lossless = bool(flags & FLAG_LOSSLESS)
+    if lossless and (present != total or not flags & FLAG_CHECKS):
+        raise BitstreamError(f"invalid header: a lossless file with {present} of {total} strings or without checks")
     per_check = _CRC.size if flags & FLAG_CHECKS else 0
-    if pos + sum(lengths) + per_check * present != end:
+    needed = sum(lengths) + per_check * present + (PIXEL_CHECK_BYTES if lossless else 0)
+    if pos + needed != end:
         raise BitstreamError(
-            f"the file is truncated or extended: its strings need {sum(lengths) + per_check * present} bytes "
-            f"but it holds {end - pos}"
+            f"the file is truncated or extended: its strings need {needed} bytes but it holds {end - pos}"
         )
     strings, checks = [], []
-    for length in lengths:
+    pixel_check = None
+    for i, length in enumerate(lengths):
         if per_check:
             checks.append(_CRC.unpack_from(data, pos)[0])
             pos += per_check
+        if lossless and i == len(lengths) - 1:
+            pixel_check = data[pos : pos + PIXEL_CHECK_BYTES]
+            pos += PIXEL_CHECK_BYTES
         strings.append(data[pos : pos + length])
         pos += length
     header = Header(
         "lvae", version, model_name, float(lmb), int(height), int(width), lengths,
         checks=checks if per_check else None, fingerprint=fingerprint, colour=COLOURS[colour], num_latents=total,
+        lossless=lossless, pixel_check=pixel_check,
     )
     return header, strings
 
@@ -355,10 +384,11 @@ def unpack_pickled(data: bytes) -> tuple[Header, list[bytes]]:
     from .pickled import parse_qres_legacy
 
     f = parse_qres_legacy(data)
-    if f.lossless:
-        raise BitstreamError("a lossless QRes-VAE file (qres34m_lossless): lvae does not decode the lossless model yet")
-    lengths = [len(s) for s in f.strings]
-    return Header("pickle", 0, None, math.nan, f.height, f.width, lengths, num_latents=len(f.strings)), f.strings
+    strings = [*f.strings, *([f.pixel_string] if f.pixel_string is not None else [])]
+    lengths = [len(s) for s in strings]
+    header = Header("pickle", 0, None, math.nan, f.height, f.width, lengths, num_latents=len(strings),
+                    lossless=f.lossless)
+    return header, strings
 
 
 def parse(data: bytes) -> tuple[Header, list[bytes]]:
@@ -419,5 +449,6 @@ def truncate(data: bytes, num_latents: int) -> bytes:
     return pack(
         header.model_name, header.lmb, header.height, header.width, strings[:k],
         checks=header.checks[:k] if header.checks is not None else None, fingerprint=header.fingerprint,
-        colour=header.colour, num_latents=header.num_latents,
+        colour=header.colour, num_latents=header.num_latents, lossless=header.lossless and k == len(strings),
+        pixel_check=header.pixel_check if header.lossless and k == len(strings) else None,
     )

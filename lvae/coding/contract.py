@@ -66,6 +66,10 @@ class CodingModel(Protocol):
         """The model names whose files the authors' layout (``format='legacy'``) holds."""
 
     @property
+    def lossless(self) -> bool:
+        """True for a lossless model: its files decode to the 8-bit source exactly (and say so)."""
+
+    @property
     def legacy_layout(self) -> str:
         """Which authors' layout ``format='legacy'`` writes: ``"qarv"`` or ``"pickle"`` (QRes-VAE's)."""
 

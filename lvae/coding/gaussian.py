@@ -33,7 +33,7 @@ __all__ = [
     "SCALE_MIN", "SCALE_MAX", "SCALE_LEVELS", "TAIL_MASS", "LIKELIHOOD_BOUND", "PRECISION",
     "qarv_scale_table", "scale_thresholds", "GaussianTables", "gaussian_tables", "build_cdf_tables",
     "DiscreteGaussian", "TABLE_BUFFERS", "entropy_coder_keys", "gaussian_bin_nll", "QARV_TABLES", "QRES_TABLES",
-    "qres_scale_table",
+    "PIXEL_TABLES", "qres_scale_table",
 ]
 
 SCALE_MIN = 0.11
@@ -59,8 +59,30 @@ QRES_SCALE_BITS = (
     1091968535, 1092831710, 1093770618, 1094791904, 1095902795, 1097111157, 1098425535, 1099381441, 1100159009,
     1101004800,
 )
+# QRes-VAE's lossless model codes pixels with 128 tables for exp(linspace(ln 0.11, ln 20, 128)),
+# again as float32 bit patterns of the authors' computation (CompressAI's float32 bound 0.11).
+PIXEL_TABLE_FILE = TABLE_FILE.parent / "gaussian_cdf_qres_pixels_128.json"
+PIXEL_TABLE_SHA256 = "e7f82d3e11eb9a790cb4b8b93c756a0363ee04de44e686c657ec83a4a64fa67f"
+PIXEL_SCALE_BITS = (
+    1038174126, 1038791546, 1039434783, 1040104923, 1040495238, 1040858919, 1041237808, 1041632541, 1042043784,
+    1042472223, 1042918579, 1043383601, 1043868070, 1044372800, 1044898638, 1045446465, 1046017202, 1046611807,
+    1047231278, 1047876656, 1048549022, 1048912753, 1049277641, 1049657789, 1050053835, 1050466444, 1050896307,
+    1051344147, 1051810715, 1052296795, 1052803202, 1053330788, 1053880436, 1054453070, 1055049652, 1055671181,
+    1056318704, 1056978956, 1057330362, 1057696464, 1058077876, 1058475238, 1058889218, 1059320510, 1059769838,
+    1060237958, 1060725653, 1061233743, 1061763082, 1062314557, 1062889095, 1063487659, 1064111255, 1064760929,
+    1065395494, 1065748068, 1066115387, 1066498067, 1066896750, 1067312105, 1067744831, 1068195653, 1068665328,
+    1069154644, 1069664426, 1070195524, 1070748832, 1071325280, 1071925834, 1072551502, 1073203336, 1073812126,
+    1074165872, 1074534412, 1074918364, 1075318372, 1075735109, 1076169272, 1076621593, 1077092829, 1077583772,
+    1078095245, 1078628110, 1079183257, 1079761620, 1080364170, 1080991918, 1081645918, 1082228851, 1082583773,
+    1082953537, 1083338765, 1083740102, 1084158225, 1084593832, 1085047655, 1085520457, 1086013032, 1086526207,
+    1087060841, 1087617834, 1088198119, 1088802672, 1089432508, 1090088680, 1090645668, 1091001771, 1091372763,
+    1091759272, 1092161943, 1092581455, 1093018508, 1093473842, 1093948217, 1094442427, 1094957308, 1095493718,
+    1096052563, 1096634779, 1097241339, 1097873269, 1098531622, 1099062579, 1099419866, 1099792091, 1100179885,
+    1100583894, 1101004800,
+)
 QARV_TABLES = "qarv"
 QRES_TABLES = "qres"
+PIXEL_TABLES = "qres_pixels"
 
 
 def qarv_scale_table() -> list[float]:
@@ -75,9 +97,13 @@ def qarv_scale_table() -> list[float]:
 
 def qres_scale_table() -> list[float]:
     """QRes-VAE's 64 table scales (float32 values, as Python floats)."""
+    return _from_bits(QRES_SCALE_BITS)
+
+
+def _from_bits(bits: tuple[int, ...]) -> list[float]:
     import struct
 
-    return [struct.unpack("<f", struct.pack("<I", b))[0] for b in QRES_SCALE_BITS]
+    return [struct.unpack("<f", struct.pack("<I", b))[0] for b in bits]
 
 
 def _table_scales(kind: str) -> list[float]:
@@ -85,6 +111,8 @@ def _table_scales(kind: str) -> list[float]:
         return qarv_scale_table()
     if kind == QRES_TABLES:
         return qres_scale_table()
+    if kind == PIXEL_TABLES:
+        return _from_bits(PIXEL_SCALE_BITS)
     raise ValueError(f"unknown CDF table set {kind!r}")
 
 
@@ -139,7 +167,7 @@ def build_cdf_tables(kind: str = QARV_TABLES) -> tuple[list[list[int]], list[int
     pmf = upper - lower
     tail = 2 * lower[:, :1]
     cdfs = []
-    for i in range(SCALE_LEVELS):
+    for i in range(len(table)):
         prob = torch.cat((pmf[i, : int(pmf_length[i])], tail[i]))
         cdfs.append([int(v) for v in pmf_to_quantized_cdf(prob.tolist(), PRECISION)])
     lengths = [int(v) + 2 for v in pmf_length]
@@ -159,7 +187,11 @@ def write_table_file(path: Path = TABLE_FILE, kind: str = QARV_TABLES) -> str:
 @functools.cache
 def gaussian_tables(kind: str = QARV_TABLES) -> GaussianTables:
     """The shipped tables of set ``kind`` (checked against their SHA-256), converted once per process."""
-    path, expected = {QARV_TABLES: (TABLE_FILE, TABLE_SHA256), QRES_TABLES: (QRES_TABLE_FILE, QRES_TABLE_SHA256)}[kind]
+    path, expected = {
+        QARV_TABLES: (TABLE_FILE, TABLE_SHA256),
+        QRES_TABLES: (QRES_TABLE_FILE, QRES_TABLE_SHA256),
+        PIXEL_TABLES: (PIXEL_TABLE_FILE, PIXEL_TABLE_SHA256),
+    }[kind]
     raw = path.read_bytes().strip()
     digest = hashlib.sha256(raw).hexdigest()
     if digest != expected:

@@ -32,10 +32,12 @@ MAX_FLIPS = 8  # a repair moves at most this many CDF indexes of one string
 
 @dataclass(frozen=True)
 class CodedLatent:
-    """One image's coded latent: the rANS string and its index-map check (None: not recorded)."""
+    """One image's coded latent: the rANS string and its index-map check (None: not recorded);
+    ``extra``: further check bytes some strings carry (a lossless model's pixels: 16)."""
 
     string: bytes
     check: int | None = None
+    extra: bytes = b""
 
 
 @dataclass

@@ -53,18 +53,19 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def pair_hashes(positions: np.ndarray, indexes: np.ndarray) -> np.ndarray:
-    """``h(p, i)``: the 32-bit hash of index ``i`` (0–63) at flat position ``p``, as uint64."""
-    key = (positions.astype(np.uint64) << np.uint64(6)) | indexes.astype(np.uint64)
-    return _mix(key + _SALT) >> np.uint64(32)
+def pair_hashes(positions: np.ndarray, indexes: np.ndarray, bits: int = 6, salt: int = 0) -> np.ndarray:
+    """``h(p, i)``: the 32-bit hash of value ``i`` (0 to 2**bits − 1; CDF indexes: 0–63) at flat
+    position ``p``, as uint64. Another ``salt`` gives an independent hash (wider checks)."""
+    key = (positions.astype(np.uint64) << np.uint64(bits)) | indexes.astype(np.uint64)
+    return _mix(key + _SALT + np.uint64(salt)) >> np.uint64(32)
 
 
-def index_map_hash(indexes: np.ndarray) -> int:
+def index_map_hash(indexes: np.ndarray, bits: int = 6, salt: int = 0) -> int:
     """``H(indexes)``: XOR of :func:`pair_hashes` over all positions (an int < 2**32)."""
-    flat = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
+    flat = np.ascontiguousarray(indexes, dtype=np.int64).reshape(-1)
     if flat.size == 0:
         return 0
-    return int(np.bitwise_xor.reduce(pair_hashes(np.arange(flat.size, dtype=np.uint64), flat)))
+    return int(np.bitwise_xor.reduce(pair_hashes(np.arange(flat.size, dtype=np.uint64), flat, bits, salt)))
 
 
 def tag(string: bytes, indexes: np.ndarray) -> int:

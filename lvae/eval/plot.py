@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..io import WRITER_TAG
 from . import anchors
-from .results import load_results
+from .results import is_bound_curve, load_results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -85,6 +85,8 @@ def _save(fig: Figure, output: str | os.PathLike[str], dpi: int) -> Path:
 
 def _label(curve: dict[str, Any], fallback: str) -> str:
     name = str(curve.get("name") or fallback)
+    if is_bound_curve(curve):
+        name = f"R(D) upper bound ({name})"
     bd = curve.get("bd-rate")
     if isinstance(bd, dict) and bd.get("percent") is not None:
         name += f" (BD-rate {bd['percent']:+.2f} %)"
@@ -100,8 +102,9 @@ def rd_figure(
     """A matplotlib figure of PSNR against bpp for result dicts or JSON paths.
 
     With ``with_anchors``, the shipped curves of every test set in ``curves`` are drawn too
-    (dashed). Every curve gets a legend entry; names that repeat are told apart by their file
-    name, and by test set when there are several.
+    (dashed). A bound (``"kind": "bound"``) is drawn dashed in black, labelled "R(D) upper bound".
+    Every curve gets a legend entry; names that repeat are told apart by their file name, and by
+    test set when there are several.
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
@@ -136,7 +139,10 @@ def rd_figure(
         pts = sorted((b, p) for b, p in zip(r["bpp"], r["psnr"]) if b is not None and p is not None)
         if not pts:
             raise ValueError(f"{label}: no finite rate–PSNR points")
-        ax.plot(*zip(*pts), marker=".", linewidth=1.6, label=label)
+        if is_bound_curve(c):  # a bound, not a codec: dashed and black
+            ax.plot(*zip(*pts), color="k", linestyle="--", marker=".", linewidth=1.6, label=label)
+        else:
+            ax.plot(*zip(*pts), marker=".", linewidth=1.6, label=label)
     ax.set_xlabel("bits per pixel (bpp)")
     ax.set_ylabel("PSNR (dB, RGB)")
     ax.set_title(title or ("Rate–distortion on " + (", ".join(test_sets) if test_sets else "images")))

@@ -2,9 +2,12 @@
 
 A result holds one rate–distortion curve: ``name``, ``test-set`` and ``results: {bpp: [...],
 psnr: [...]}`` (non-empty lists of equal length), plus whatever the run adds (``lambdas``,
-``per-image``, ``timings``...; see docs/evaluation.md). The shipped anchor curves
-(:mod:`lvae.eval.anchors`) are files of the same format and are read by the same
-:func:`parse_results`.
+``per-image``, ``timings``...; see docs/evaluation.md). ``"kind": "bound"`` marks the curve of
+an R(D) upper bound (:mod:`lvae.eval.bound`), measured without coding; a codec's has no ``kind``.
+``"kind": "lossless"`` marks the result of a lossless model (:mod:`lvae.eval.lossless`): bits per
+pixel beside PNG and lossless WebP, no curve (it is a result file, but no R–D curve to plot or compare).
+The shipped anchor curves (:mod:`lvae.eval.anchors`) are files of the same format and are read by
+the same :func:`parse_results`.
 
 Importing this module imports no torch (the header's functions import it when called).
 """
@@ -32,7 +35,18 @@ __all__ = [
     "parse_results",
     "load_results",
     "is_result_file",
+    "BOUND",
+    "is_bound_curve",
+    "LOSSLESS",
+    "is_lossless_result",
 ]
+
+#: The ``kind`` of a result that measures an upper bound on R(D) (``rd_model_base``), not a codec's
+#: files; a result without ``kind`` is a codec's curve.
+BOUND = "bound"
+#: The ``kind`` of a lossless model's result: per-image bits per pixel (``bpp``) of the model, PNG and
+#: lossless WebP, and how many images decoded exactly; no ``results`` curve.
+LOSSLESS = "lossless"
 
 
 # -- the header every result starts with ----------------------------------------------------------
@@ -107,6 +121,9 @@ def parse_results(data: str | bytes, source: str) -> dict[str, Any]:
         parsed = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{source} is not a JSON file ({exc})") from None
+    if is_lossless_result(parsed):
+        raise ValueError(f"{source} is a lossless model's result (bits per pixel of exact coding, beside PNG and "
+                         "WebP): it holds no rate–distortion curve to plot or compare")
     res = parsed.get("results") if isinstance(parsed, dict) else None
     if not isinstance(res, dict) or not isinstance(res.get("bpp"), list) or not isinstance(res.get("psnr"), list):
         raise ValueError(f"{source} holds no rate–distortion curve (expected results.bpp and results.psnr lists)")
@@ -125,6 +142,17 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     return parse_results(data, str(path))
 
 
+def is_bound_curve(curve: dict[str, Any]) -> bool:
+    """Whether a result measures an upper bound on R(D) (``"kind": "bound"``) rather than a codec."""
+    return curve.get("kind") == BOUND
+
+
+def is_lossless_result(parsed: Any) -> bool:
+    """Whether a parsed result is a lossless model's (``"kind": "lossless"``, with its ``bpp`` means)."""
+    return (isinstance(parsed, dict) and parsed.get("kind") == LOSSLESS and isinstance(parsed.get("name"), str)
+            and isinstance(parsed.get("bpp"), dict))
+
+
 def _is_progressive(parsed: Any) -> bool:
     """The result of ``lvae eval --progressive``: ``prefixes.bpp`` and ``prefixes.psnr``, one
     list (k = 0 … L) per λ."""
@@ -138,7 +166,8 @@ def _is_progressive(parsed: Any) -> bool:
 
 def is_result_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a result that ``lvae eval`` writes: a curve (:func:`load_results`
-    reads it) or the prefixes of ``--progressive``; False for anything else."""
+    reads it), the prefixes of ``--progressive`` or a lossless model's bits per pixel; False for
+    anything else."""
     path = Path(path)
     try:
         if path.stat().st_size > 1 << 30:  # no result is that large: not read whole to find out
@@ -150,7 +179,8 @@ def is_result_file(path: str | os.PathLike[str]) -> bool:
         parse_results(data, str(path))
     except ValueError:
         try:
-            return _is_progressive(json.loads(data))
+            parsed = json.loads(data)
+            return _is_progressive(parsed) or is_lossless_result(parsed)
         except ValueError:  # not JSON, or not UTF-8 text
             return False
     return True

@@ -26,11 +26,11 @@ from .zoo import qarv_base, qarv_small, qarv_tiny, qres17m, qres34m, qres_tiny
 __all__ = [
     "Weights", "get_model", "load_model", "list_models", "model_weights", "packaged_models", "register_model",
     "model_lambdas", "qarv_base", "qarv_small", "qarv_tiny", "QARV", "QARVConfig", "LatentVariableBlock",
-    "qres34m", "qres17m", "qres_tiny", "QResVAE", "QResConfig", "CodingModel",
+    "qres34m", "qres17m", "qres_tiny", "QResVAE", "QResConfig", "CodingModel", "RDModel", "RDConfig",
 ]
 
 _NETWORK = {"QARV": ".qarv", "QARVConfig": ".qarv", "LatentVariableBlock": ".qarv", "QResVAE": ".qres",
-            "QResConfig": ".qres", "CodingModel": "..coding.contract"}
+            "QResConfig": ".qres", "CodingModel": "..coding.contract", "RDModel": ".rd", "RDConfig": ".rd"}
 
 if TYPE_CHECKING:  # mypy: every built-in network provides the model contract
     from ..coding.contract import CodingModel

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from ..coding.codec import CompressionMixin
 from ..coding.determinism import coding_arithmetic
-from ..coding.gaussian import QRES_TABLES, DiscreteGaussian, gaussian_bin_nll
+from ..coding.gaussian import PIXEL_TABLES, QRES_TABLES, DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
+from ..coding.lossless import decode_integers, encode_integers
 from ..coding.pickled import pack_qres_legacy
 from .base import ImageVAEBase
 from .layers import ConvNeXtBlock, patch_downsample, patch_upsample
@@ -61,6 +62,7 @@ class QResConfig:
     dec_up: tuple[tuple[str, int], ...] = (("patch", 2), ("patch", 2), ("patch", 2), ("patch", 2))
     im_shift: float = -0.4546259594901961  # ImageNet's mean and 1/std (qres17m: CelebA's)
     im_scale: float = 3.67572653978347
+    lossless: bool = False  # the last stage ends in PixelOutput (a discretized Gaussian per pixel)
 
     def __post_init__(self):
         n = len(self.enc_widths)
@@ -191,6 +193,33 @@ class QLatentBlock(nn.Module):
         return self.merge(f, decode_latent(coded, pm, pv, QRES_TABLES))
 
 
+class PixelOutput(nn.Module):
+    """The lossless model's output: per pixel a Gaussian over the 8-bit intensities, its mean and
+    log-scale each from a 4× sub-pixel layer; the pixels are coded exactly under it (the 13th string)."""
+
+    STEP = 127.5  # intensity steps per unit of the target space [-1, 1]
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv_mean = patch_upsample(width, 3, rate=4)
+        self.conv_scale = patch_upsample(width, 3, rate=4)
+
+    def nll(self, f: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nats of each image's pixels (N) under the predicted Gaussians (one bin per intensity step), and
+        the mean (target space): training and evaluation."""
+        mean = self.conv_mean(f).float()
+        log_scale = F.softplus(self.conv_scale(f).float() + 16) - 16  # σ bounded below, as trained
+        nll = gaussian_bin_nll(target * self.STEP, mean * self.STEP, torch.exp(log_scale) * self.STEP)
+        return nll.flatten(1).sum(dim=1), mean
+
+    def coding_params(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centres (in intensity steps, 0–255: ``round`` gives each pixel's mean) and the scales
+        (intensity steps) the pixels are coded with, computed as the authors' code computes them."""
+        centres = self.conv_mean(f) * self.STEP + self.STEP
+        scales = torch.exp(self.conv_scale(f) - math.log(1 / self.STEP))
+        return centres.contiguous(), scales.contiguous()
+
+
 def _upsampler(kind: str, value: int, cin: int, cout: int) -> nn.Module:
     if kind == "patch":
         return patch_upsample(cin, cout, rate=value)
@@ -227,7 +256,7 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
     """
 
     #: ``format='legacy'`` writes the authors' pickled layout, which their code reads for these models.
-    legacy_layout_models = ("qres34m", "qres17m")
+    legacy_layout_models = ("qres34m", "qres17m", "qres34m_lossless")
     legacy_layout = "pickle"
 
     def __init__(self, config: QResConfig | None = None, lmb: float = 64.0):
@@ -256,16 +285,20 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
             dec.extend(QLatentBlock(w, zdim, k) for _ in range(n))
             if i < len(cfg.dec_up):
                 dec.append(_upsampler(*cfg.dec_up[i], w, cfg.dec_widths[i + 1]))
-        dec.append(patch_upsample(cfg.dec_widths[-1], 3, rate=4))
+        if not cfg.lossless:
+            dec.append(patch_upsample(cfg.dec_widths[-1], 3, rate=4))
         self.decoder = _Decoder(cfg.dec_widths[0], dec)
+        self.lossless = cfg.lossless
+        if cfg.lossless:
+            self.out_net = PixelOutput(cfg.dec_widths[-1])
         self._scale_residuals()
 
     def _scale_residuals(self) -> None:
         """The authors' initialisation for training from scratch: each latent block's last
         projection scaled by ``sqrt(1 / 3 * N)`` as their code writes it, i.e. ``sqrt(N / 3)``."""
-        n = len(self.latent_blocks)
+        n = len(self._latents)
         with torch.no_grad():
-            for block in self.latent_blocks:
+            for block in self._latents:
                 last = block.z_proj[2]
                 assert isinstance(last, nn.Conv2d)
                 last.weight.mul_(math.sqrt(1 / 3 * n))
@@ -273,11 +306,18 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
     def _pack_legacy(self, lmb: float, height: int, width: int, strings: list[bytes]) -> bytes:
         """The authors' pickled layout: the strings, the top feature's shape, the image size."""
         top = (1, self.config.dec_widths[0], -(-height // self.max_stride), -(-width // self.max_stride))
+        if self.lossless:  # the pixels' string goes between the shape and the size
+            return pack_qres_legacy(strings[:-1], top, height, width, strings[-1], stride=self.max_stride)
         return pack_qres_legacy(strings, top, height, width, stride=self.max_stride)
 
     @property
-    def latent_blocks(self) -> list[QLatentBlock]:
+    def _latents(self) -> list[QLatentBlock]:
         return [b for b in self.decoder.dec_blocks if isinstance(b, QLatentBlock)]
+
+    @property
+    def latent_blocks(self) -> list[nn.Module]:
+        """The coded blocks in file order: the latents, and for the lossless model the pixels last."""
+        return [*self._latents, *([self.out_net] if self.lossless else [])]
 
     # -- λ ------------------------------------------------------------------------------------
     def sample_lmb(self, n: int) -> torch.Tensor:
@@ -342,10 +382,13 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
 
         x_hat = self._run_decoder(self.top_feature(n, h // self.max_stride, w // self.max_stride), latent)
         target = (im - 0.5) * 2
+        if self.lossless:  # the pixels' own nats are the last column; x_hat is their predicted mean
+            nll, x_hat = self.out_net.nll(x_hat, target)
+            kls.append(nll)
         kl = torch.stack(kls, dim=1)
         rate = kl.sum(dim=1) / (3 * h * w)
         distortion = (x_hat - target).pow(2).flatten(1).mean(dim=1)
-        rd = rate + lmb_t * distortion
+        rd = rate if self.lossless else rate + lmb_t * distortion
         with torch.no_grad():
             mse01 = (self.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
             psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
@@ -375,15 +418,15 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
     @torch.no_grad()
     def sample(self, n: int = 1, temperature: float = 1.0, latent_hw: tuple[int, int] = (4, 4)) -> torch.Tensor:
         """Draw ``n`` images from the prior; the output is ``max_stride·latent_hw`` pixels, in [0, 1]."""
-        f = self.top_feature(n, *latent_hw)
-        return self.postprocess(self._run_decoder(f, lambda b, f: b.sample(f, temperature)))
+        f = self._run_decoder(self.top_feature(n, *latent_hw), lambda b, f: b.sample(f, temperature))
+        return self.postprocess(self.out_net.conv_mean(f) if self.lossless else f)
 
     # -- entropy coding ------------------------------------------------------------------------
     def compress_mode(self, enabled: bool = True) -> QResVAE:
         """Fill the entropy coders' state-dict buffers with the canonical tables (checkpoints that
         should carry them, as the authors' code expects); coding does not need it."""
         if enabled:
-            for block in self.latent_blocks:
+            for block in self._latents:
                 block.discrete_gaussian.fill_tables()
         return self
 
@@ -404,7 +447,10 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
                 coded.append(c)
                 return f
 
-            self._run_decoder(self.top_feature(n, *grid), latent, until_last_latent=True)
+            f = self._run_decoder(self.top_feature(n, *grid), latent, until_last_latent=not self.lossless)
+            if self.lossless:
+                centres, scales = self.out_net.coding_params(f)
+                coded.append(encode_integers(torch.round(im * 255), centres, scales, PIXEL_TABLES))
         return coded, grid
 
     @torch.no_grad()
@@ -437,4 +483,12 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
 
         f = self.top_feature(n, *latent_hw)
         with coding_arithmetic(f.device):
-            return self._run_decoder(f, latent)
+            f = self._run_decoder(f, latent)
+            if not self.lossless:
+                return f
+            pixels = next(queue, None)
+            if pixels is None:  # a prefix without the pixels: their predicted mean (a lossy preview)
+                return self.out_net.conv_mean(f).contiguous()
+            centres, scales = self.out_net.coding_params(f)
+            values = decode_integers(pixels, centres, scales, PIXEL_TABLES)
+            return (values.float() - PixelOutput.STEP) / PixelOutput.STEP

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from .qarv import QARV
     from .qres import QResVAE
 
-__all__ = ["qarv_base", "qarv_small", "qarv_tiny", "QARV_SMALL_SHA256", "qres34m", "qres17m", "qres_tiny"]
+__all__ = [
+    "qarv_base", "qarv_small", "qarv_tiny", "QARV_SMALL_SHA256", "qres34m", "qres17m", "qres_tiny", "qres34m_lossless",
+]
 
 QARV_PAPER = "Duan et al., QARV: Quantization-Aware ResNet VAE for Lossy Image Compression, TPAMI 2023"
 
@@ -115,6 +117,18 @@ def qres34m(lmb: float = 64, **overrides: Any) -> QResVAE:
     return _qres(lmb, {}, overrides)
 
 
+@register_model(
+    weights=Weights(
+        filename="qres34m-lossless.pt", url=f"{_AUTHORS_WEIGHTS}/qres34m/qres34m-lossless.pt", license=_AUTHORS_TERMS,
+        paper=QRES_PAPER,
+    )
+)
+def qres34m_lossless(**overrides: Any) -> QResVAE:
+    """Lossless QRes-VAE (34.0 M parameters): qres34m's latents, then every 8-bit pixel coded exactly
+    under a discretized Gaussian the network predicts; decodes to the source bit for bit."""
+    return _qres(1.0, {"lossless": True}, overrides)
+
+
 @register_model(lambdas=QRES17M_LAMBDAS, weights=lambda lmb: _published("qres17m", lmb))
 def qres17m(lmb: float = 8, **overrides: Any) -> QResVAE:
     """QRes-VAE (16.7 M parameters) for 64×64 faces (CelebA), one network per λ ∈ {1, 2, 4, ..., 64, 1024}."""
@@ -152,3 +166,67 @@ def qres_tiny(lmb: float = 64, **overrides: Any) -> QResVAE:
         ),
         overrides,
     )
+
+
+# -- the R(D) upper-bound model: measures, does not code ------------------------------------------
+if TYPE_CHECKING:
+    from .rd import RDModel
+
+__all__ += ["rd_model_base", "rd_model_tiny", "BOUND_MODELS"]
+
+RD_PAPER = "Duan et al., An Improved Upper Bound on the Rate-Distortion Function of Images, ICIP 2023"
+
+#: The built-in models that measure an upper bound on R(D) and code nothing (the command lines
+#: refuse to compress with them and evaluate them with lvae.eval.bound).
+BOUND_MODELS = ("rd_model_base", "rd_model_tiny")
+
+
+def _rd(defaults: dict[str, Any], overrides: dict[str, Any]) -> RDModel:
+    from .rd import RDConfig, RDModel
+
+    return RDModel(RDConfig(**{**defaults, **overrides}))
+
+
+@register_model(
+    weights=Weights(
+        filename="rd_model_base-200k-feb14-2023.pt",
+        url=f"{_AUTHORS_WEIGHTS}/rd_model_base-200k-feb14-2023.pt",
+        license="published by the R(D) model's authors under their own terms (not covered by lvae's MIT license)",
+        paper=RD_PAPER,
+    )
+)
+def rd_model_base(**overrides: Any) -> RDModel:
+    """The published R(D) upper-bound model (186.7 M parameters), λ ∈ [4, 2048]: a measuring
+    instrument, not a codec (published: −31.4 % BD-rate vs VTM 18.0 on Kodak)."""
+    return _rd({}, overrides)
+
+
+@register_model
+def rd_model_tiny(**overrides: Any) -> RDModel:
+    """A tiny R(D) model (same architecture, narrow and shallow) for fast CPU tests; no weights."""
+    return _rd(
+        dict(
+            enc_widths=(16, 24, 32, 32, 32),
+            enc_depths=(1, 1, 1, 1, 1),
+            dec_widths=(32, 32, 32, 24, 16),
+            dec_num_latents=(1, 1, 1, 1, 1),
+            dec_latent_dims=(4, 4, 4, 4, 4),
+            embed_dim=32,
+        ),
+        overrides,
+    )
+
+
+# -- lossless models: their files decode to the 8-bit source bit for bit ---------------------------
+__all__ += ["qres_tiny_lossless", "LOSSLESS_MODELS"]
+
+#: The built-in models that code losslessly (no λ to choose, no rate target): the command lines
+#: know them by name, before any model is built; a plug-in says so with ``model.lossless``.
+LOSSLESS_MODELS = ("qres34m_lossless", "qres_tiny_lossless")
+
+
+@register_model
+def qres_tiny_lossless(**overrides: Any) -> QResVAE:
+    """qres_tiny's network ending in the lossless pixel output, for fast CPU tests; no weights (random
+    weights still decode exactly: only the file's size depends on them)."""
+    return qres_tiny(1.0, **{"lossless": True, **overrides})

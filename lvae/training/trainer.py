@@ -281,7 +281,10 @@ class Trainer:
             load_state_dict_strict(module, ckpt["model"], source="last.pt")
         elif cfg.weights:
             load_state_dict_strict(module, load_checkpoint_state_dict(cfg.weights), source=cfg.weights)
-        self.model: CodingModel = require_contract(module, cfg.model)
+        try:
+            self.model: CodingModel = require_contract(module, cfg.model)
+        except TypeError as exc:  # e.g. the R(D) bound model: a measuring instrument, not a codec
+            raise ConfigError(f"{exc}; train-var-rate.py trains codecs") from None
         stride = self.model.max_stride
         if cfg.crop % stride:
             raise ConfigError(f"the crop size must be a positive multiple of {stride} (the stride of {cfg.model}), "

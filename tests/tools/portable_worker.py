@@ -9,8 +9,9 @@ it also keeps the scales themselves. ``decode`` decodes every file with its own 
 (``ONEDNN_MAX_CPU_ISA`` comes from the environment) and prints one JSON summary: corrupted
 images (any 8-bit pixel more than 1 away from the encoder's decode, or an exception), blocks
 whose prior scales differ from the encoder's, CDF indexes that differed before repair, and what
-repair cost. ``--model qarv_base`` and ``--model qres34m`` (its λ = 64 member) use the fixed
-reference weights.
+repair cost (a lossless model's images: any 8-bit pixel that differs at all). ``--model qarv_base``,
+``--model qres34m`` (its λ = 64 member) and ``--model qres34m_lossless`` use the fixed reference
+weights.
 """
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import lvae  # noqa: E402
-from lvae.coding.gaussian import DiscreteGaussian  # noqa: E402
+from lvae.coding.gaussian import PIXEL_TABLES, DiscreteGaussian  # noqa: E402
 from lvae.coding.latent import trace  # noqa: E402
 from lvae.io import load_image  # noqa: E402
 
 
 def build(name: str, device: str = "cpu"):
-    if name in ("qarv_base", "qres34m"):
+    if name in ("qarv_base", "qres34m", "qres34m_lossless"):
         from lvae.models.fixed_weights import load_fixed_reference_weights
 
         model = load_fixed_reference_weights(lvae.get_model(name, **({"lmb": 64} if name == "qres34m" else {})))
@@ -60,7 +61,10 @@ def encode(args) -> None:
             with trace(scales=True, keep_scales=(n == 0)) as tr:
                 data = model.compress(im, lmb=lmb, format=args.format)
             (out / f"{stem}.lvae").write_bytes(data)
-            Image.fromarray(to_uint8(model.decompress(data))).save(out / f"{stem}.png")
+            decoded = to_uint8(model.decompress(data))
+            if model.lossless and not np.array_equal(decoded, to_uint8(im)):
+                raise SystemExit(f"{stem}: the lossless model's own decode differs from the source")
+            Image.fromarray(decoded).save(out / f"{stem}.png")
             if n == 0:
                 np.savez(out / f"{stem}.scales.npz", *[r.scales for r in tr])
             entry = {"stem": stem, "bytes": len(data), "scales": [r.scales_sha256 for r in tr]}
@@ -99,7 +103,7 @@ def decode(args) -> None:
         summary["decode_seconds"] += time.perf_counter() - start
         ref = np.asarray(Image.open(folder / f"{stem}.png")).astype(np.int16)
         diff = int(np.abs(to_uint8(im).astype(np.int16) - ref).max())
-        if diff > 1:
+        if diff > (0 if model.lossless else 1):  # lossless: not one pixel may differ
             summary["corrupted"].append(f"{stem}: max 8-bit difference {diff}")
         changed = sum(a != b for a, b in zip(entry["scales"], [r.scales_sha256 for r in tr]))
         summary["files"] += 1
@@ -116,7 +120,8 @@ def decode(args) -> None:
             for i, r in enumerate(tr):
                 a, b = enc[f"arr_{i}"], r.scales
                 summary["max_dlog_scale"] = max(summary["max_dlog_scale"], float(np.abs(np.log(a) - np.log(b)).max()))
-                kind = model.latent_blocks[i].discrete_gaussian.kind
+                coder = getattr(model.latent_blocks[i], "discrete_gaussian", None)  # none: a lossless model's pixels
+                kind = coder.kind if coder is not None else PIXEL_TABLES
                 index_a = DiscreteGaussian.indexes(torch.from_numpy(a), kind)
                 index_b = DiscreteGaussian.indexes(torch.from_numpy(b), kind)
                 diffs += int((index_a != index_b).sum())
