@@ -9,7 +9,7 @@ pixel beside PNG and lossless WebP, no curve (it is a result file, but no R–D 
 The shipped anchor curves (:mod:`lvae.eval.anchors`) are files of the same format and are read by
 the same :func:`parse_results`.
 
-Importing this module imports no torch (the header's functions import it when called).
+Importing this module imports no torch, numpy or Pillow (the functions that need them import them).
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from ..io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +108,8 @@ def save_results(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     (:func:`is_result_file`) even with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from ..io import atomic_write_bytes  # here: lvae.io imports numpy and Pillow, which `lvae --help` must not
+
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
     return path
 
