@@ -1,8 +1,13 @@
 """What the built-in networks share around their layers: the input's normalisation, the output's
-mapping back to an image, and the check of what a network accepts."""
+mapping back to an image, the check of what a network accepts, and the statistics of a forward
+pass (the one place of the R–D objective)."""
 from __future__ import annotations
 
+import math
+
 import torch
+
+LOG2_E = math.log2(math.e)
 
 __all__ = ["ImageVAEBase"]
 
@@ -35,3 +40,22 @@ class ImageVAEBase:
                 f"image sides must be positive multiples of {self.max_stride}, got {h}×{w}; "
                 "pad it first (lvae.bitstream pads automatically when compressing)"
             )
+
+    @staticmethod
+    def rd_statistics(
+        im: torch.Tensor, x_hat: torch.Tensor, kl: torch.Tensor, lmb: torch.Tensor, rate_only: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """What ``forward`` returns, from the batch ``im`` (N×3×H×W in [0, 1]), the decoder's output
+        ``x_hat`` (target space [-1, 1]), the nats ``kl`` (N×L) and each image's λ: ``rd`` = R + λ·D per
+        image in nats per dimension (``rate_only``: R alone, a lossless model's objective) and ``loss``
+        its mean, ``bpp``, ``mse`` (target space), ``psnr`` (RGB [0, 1], clamped output), ``kl``,
+        ``x_hat``, ``lmb``."""
+        h, w = im.shape[2:]
+        rate = kl.sum(dim=1) / (3 * h * w)  # nats per dimension
+        distortion = (x_hat - (im - 0.5) * 2).pow(2).flatten(1).mean(dim=1)
+        rd = rate if rate_only else rate + lmb * distortion
+        with torch.no_grad():
+            mse01 = (ImageVAEBase.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
+            psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
+        return {"loss": rd.mean(), "bpp": rate.mean() * LOG2_E * 3, "mse": distortion.mean(), "psnr": psnr,
+                "kl": kl, "x_hat": x_hat, "lmb": lmb, "rd": rd}

@@ -340,25 +340,7 @@ class QARV(ImageVAEBase, CompressionMixin, nn.Module):
         f = self.top_feature(n, h // self.max_stride, w // self.max_stride)
         x_hat = self._run_decoder(f, emb, latent)
 
-        target = (im - 0.5) * 2
-        kl = torch.stack(kls, dim=1)  # N × L
-        rate = kl.sum(dim=1) / (3 * h * w)  # nats per dimension
-        distortion = (x_hat - target).pow(2).flatten(1).mean(dim=1)
-        rd = rate + lmb_t * distortion  # the one place of the R–D objective
-        loss = rd.mean()
-        with torch.no_grad():
-            mse01 = (self.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
-            psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
-        return {
-            "loss": loss,
-            "bpp": rate.mean() * LOG2_E * 3,
-            "mse": distortion.mean(),
-            "psnr": psnr,
-            "kl": kl,
-            "x_hat": x_hat,
-            "lmb": lmb_t,
-            "rd": rd,
-        }
+        return self.rd_statistics(im, x_hat, torch.stack(kls, dim=1), lmb_t)
 
     @torch.no_grad()
     def reconstruct(self, im: torch.Tensor, lmb: float | None = None) -> torch.Tensor:

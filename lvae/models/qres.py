@@ -385,23 +385,7 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
         if self.lossless:  # the pixels' own nats are the last column; x_hat is their predicted mean
             nll, x_hat = self.out_net.nll(x_hat, target)
             kls.append(nll)
-        kl = torch.stack(kls, dim=1)
-        rate = kl.sum(dim=1) / (3 * h * w)
-        distortion = (x_hat - target).pow(2).flatten(1).mean(dim=1)
-        rd = rate if self.lossless else rate + lmb_t * distortion
-        with torch.no_grad():
-            mse01 = (self.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
-            psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
-        return {
-            "loss": rd.mean(),
-            "bpp": rate.mean() * LOG2_E * 3,
-            "mse": distortion.mean(),
-            "psnr": psnr,
-            "kl": kl,
-            "x_hat": x_hat,
-            "lmb": lmb_t,
-            "rd": rd,
-        }
+        return self.rd_statistics(im, x_hat, torch.stack(kls, dim=1), lmb_t, rate_only=self.lossless)
 
     @torch.no_grad()
     def reconstruct(self, im: torch.Tensor, lmb: float | None = None) -> torch.Tensor:

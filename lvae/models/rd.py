@@ -325,24 +325,7 @@ class RDModel(ImageVAEBase, nn.Module):
             return f
 
         x_hat = self._run_decoder(self.top_feature(n, h // self.max_stride, w // self.max_stride), latent)
-        target = (im - 0.5) * 2
-        kl = torch.stack(kls, dim=1)  # N × L
-        rate = kl.sum(dim=1) / (3 * h * w)  # nats per dimension
-        distortion = (x_hat - target).pow(2).flatten(1).mean(dim=1)
-        rd = rate + lmb_t * distortion
-        with torch.no_grad():
-            mse01 = (self.postprocess(x_hat) - im).pow(2).flatten(1).mean(dim=1)
-            psnr = (-10 * torch.log10(mse01.clamp_min(1e-12))).mean()
-        return {
-            "loss": rd.mean(),
-            "bpp": rate.mean() * LOG2_E * 3,
-            "mse": distortion.mean(),
-            "psnr": psnr,
-            "kl": kl,
-            "x_hat": x_hat,
-            "lmb": lmb_t,
-            "rd": rd,
-        }
+        return self.rd_statistics(im, x_hat, torch.stack(kls, dim=1), lmb_t)
 
     @torch.no_grad()
     def sample(self, n: int = 1, lmb: float | None = None, temperature: float = 1.0,
