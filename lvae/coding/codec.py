@@ -477,6 +477,15 @@ class CompressionMixin(_ModuleBase):
             raise ValueError(f"this model has only a float32 encoder (asked for {precision!r})")
         return self
 
+    @torch.no_grad()
+    def compress_latents(
+        self, im: torch.Tensor, lmb: float | None = None
+    ) -> tuple[list[list[bytes]], tuple[int, int]]:
+        """Like the model's ``encode_latents`` (default λ: :attr:`default_lmb`), returning only the
+        strings (``strings[block][image]``) and the latent grid."""
+        coded, grid = self.encode_latents(im, self.default_lmb if lmb is None else lmb)
+        return [[c.string for c in block] for block in coded], grid
+
     # -- one real encode ---------------------------------------------------------------------
     def _check_format(self, format: str) -> None:
         if format not in FORMATS:

@@ -3,13 +3,40 @@ mapping back to an image, the check of what a network accepts, and the statistic
 pass (the one place of the R–D objective)."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 LOG2_E = math.log2(math.e)
 
-__all__ = ["ImageVAEBase"]
+__all__ = ["ImageVAEBase", "ConfigDict"]
+
+_C = TypeVar("_C", bound="ConfigDict")
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists back as the tuples a frozen config holds (nested ones too)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+class ConfigDict:
+    """``from_dict``/``to_dict`` for a network's frozen config dataclass (checkpoints and run
+    folders keep it as JSON); ``label`` names the network in the error for an unknown field."""
+
+    label: ClassVar[str] = "model"
+
+    @classmethod
+    def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.label} config field(s): {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: _tuples(v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
 class ImageVAEBase:

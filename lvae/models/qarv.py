@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ from ..coding.determinism import coding_arithmetic
 from ..coding.gaussian import DiscreteGaussian, gaussian_bin_nll
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
 from ..errors import PrecisionUnavailableError
-from .base import ImageVAEBase
+from .base import ConfigDict, ImageVAEBase
 from .layers import (
     ConvNeXtBlockAdaLN,
     DecoderStopMark,
@@ -48,12 +48,14 @@ def _bf16_unavailable(device: torch.device) -> str:
 
 
 @dataclass(frozen=True)
-class QARVConfig:
+class QARVConfig(ConfigDict):
     """Widths, depths and kernels of a QARV network (defaults: the published ``qarv_base``).
 
     Encoder stages run at 1/4, 1/8, ..., 1/64 of the input resolution. Decoder stages run
     top-down from 1/64; every stage but the last (1/4) holds ``dec_num_latents[i]`` latent blocks.
     """
+
+    label = "QARV"
 
     enc_widths: tuple[int, ...] = (192, 384, 512, 512, 512)
     enc_depths: tuple[int, ...] = (6, 6, 6, 4, 4)
@@ -82,18 +84,6 @@ class QARVConfig:
         lo, hi = self.lmb_range
         if not (0 < lo < hi):
             raise ValueError(f"lmb_range must satisfy 0 < low < high, got {self.lmb_range}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QARVConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown QARV config field(s): {sorted(unknown)}; known: {sorted(known)}")
-        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class LatentVariableBlock(nn.Module):
@@ -440,12 +430,6 @@ class QARV(ImageVAEBase, CompressionMixin, nn.Module):
 
             self._run_decoder(self.top_feature(n, *grid), emb, latent, stop_at_mark=True)
         return coded, grid
-
-    @torch.no_grad()
-    def compress_latents(self, im: torch.Tensor, lmb: float | Sequence[float] | torch.Tensor):
-        """Like :meth:`encode_latents`, returning only the strings (``strings[block][image]``)."""
-        coded, grid = self.encode_latents(im, lmb)
-        return [[c.string for c in block] for block in coded], grid
 
     @torch.no_grad()
     def decompress_latents(

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,7 +28,7 @@ from ..coding.gaussian import PIXEL_TABLES, QRES_TABLES, DiscreteGaussian, gauss
 from ..coding.latent import CodedLatent, decode_latent, encode_latent
 from ..coding.lossless import decode_integers, encode_integers
 from ..coding.pickled import pack_qres_legacy
-from .base import ImageVAEBase
+from .base import ConfigDict, ImageVAEBase
 from .layers import ConvNeXtBlock, patch_downsample, patch_upsample
 
 __all__ = ["QResConfig", "QLatentBlock", "QResVAE"]
@@ -38,7 +37,7 @@ LOG2_E = math.log2(math.e)
 
 
 @dataclass(frozen=True)
-class QResConfig:
+class QResConfig(ConfigDict):
     """Widths, depths and kernels of a QRes-VAE network (defaults: the published ``qres34m``).
 
     Encoder: a 4×4 patch embedding to ``enc_widths[0]``, then per stage ``enc_depths[i]`` ConvNeXt
@@ -50,6 +49,8 @@ class QResConfig:
     ``("nearest", r)`` (nearest neighbour, no parameters) or ``("deconv", k)`` (a transposed
     convolution of kernel k, stride 2). The last stage ends in a 4× sub-pixel layer to RGB.
     """
+
+    label = "QRes-VAE"
 
     enc_widths: tuple[int, ...] = (192, 384, 384, 384, 384)
     enc_depths: tuple[int, ...] = (6, 6, 6, 4, 2)
@@ -83,20 +84,6 @@ class QResConfig:
     def max_stride(self) -> int:
         """The encoder's total down-sampling: image sides must be multiples of it."""
         return 4 * math.prod(self.enc_down)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QResConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown QRes-VAE config field(s): {sorted(unknown)}")
-        fields: dict[str, Any] = {
-            k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-            for k, v in d.items()
-        }
-        return cls(**fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
@@ -436,12 +423,6 @@ class QResVAE(ImageVAEBase, CompressionMixin, nn.Module):
                 centres, scales = self.out_net.coding_params(f)
                 coded.append(encode_integers(torch.round(im * 255), centres, scales, PIXEL_TABLES))
         return coded, grid
-
-    @torch.no_grad()
-    def compress_latents(self, im: torch.Tensor, lmb: float | None = None):
-        """Like :meth:`encode_latents`, returning only the strings (``strings[block][image]``)."""
-        coded, grid = self.encode_latents(im, lmb)
-        return [[c.string for c in block] for block in coded], grid
 
     @torch.no_grad()
     def decompress_latents(

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ImageVAEBase
+from .base import ConfigDict, ImageVAEBase
 from .layers import ConvNeXtBlockAdaLN, LambdaEmbedding, patch_downsample, patch_upsample
 
 __all__ = ["RDConfig", "RDLatentBlock", "RDModel", "soft_sqrt", "gaussian_kl", "Posterior"]
@@ -58,7 +58,7 @@ def gaussian_kl(mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.
 
 
 @dataclass(frozen=True)
-class RDConfig:
+class RDConfig(ConfigDict):
     """Widths and depths of an R(D) model (defaults: the published ``rd_model_base``).
 
     Five encoder stages at 1/4, 1/8, ..., 1/64 of the input (a 4×4 patch embedding, then per stage
@@ -68,6 +68,8 @@ class RDConfig:
     sub-pixel layer to RGB. The latent blocks of a stage read the encoder's last feature of the
     same resolution. Every ConvNeXt block has kernel ``kernel_size`` and MLP ratio ``mlp_ratio``.
     """
+
+    label = "R(D) model"
 
     enc_widths: tuple[int, ...] = (256, 512, 640, 768, 768)
     enc_depths: tuple[int, ...] = (6, 6, 6, 4, 4)
@@ -95,18 +97,6 @@ class RDConfig:
     @property
     def max_stride(self) -> int:
         return 4 * 2 ** (len(self.enc_widths) - 1)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RDConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown R(D) model config field(s): {sorted(unknown)}; known: {sorted(known)}")
-        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _ConvNeXtDown(ConvNeXtBlockAdaLN):
