@@ -194,13 +194,19 @@ def load_input(path: str | None) -> tuple[torch.Tensor, str]:
     return im[:, :, top : top + h64, left : left + w64].contiguous(), f"{path}{note}"
 
 
+def cpu_line() -> str:
+    """The CPU, its instruction sets (AVX2 / AVX-512 / AVX512-BF16 / AMX; oneDNN's limit when set)
+    and the CPU paths this tree chose from them: printed with every table."""
+    from lvae.models.layers import cpu_paths  # this tree's lvae (never an old tree's: main process only)
+    from lvae.utils.system import cpu_info
+
+    paths = "; ".join(f"{k}: {v}" for k, v in cpu_paths().items())
+    return f"CPU: {cpu_info().describe()}; ATen {torch.backends.cpu.get_cpu_capability()}; {paths}"
+
+
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
+    from lvae.utils.system import cpu_info
+
     try:
         load = " load average {:.1f} {:.1f} {:.1f},".format(*os.getloadavg())
     except OSError:
@@ -208,9 +214,11 @@ def machine_description() -> str:
     from lvae.models import qarv
 
     coding = getattr(qarv, "CODING_THREADS", None) or torch.get_num_threads()
+    info = cpu_info()
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs,{load} torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads (CPU encode/decode: {coding}), Python {platform.python_version()}"
+        f"{info.model}, {info.logical_cpus} logical CPUs,{load} torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads (CPU encode/decode: {coding}), Python {platform.python_version()}\n"
+        f"{cpu_line()}"
     )
 
 
@@ -537,6 +545,7 @@ def compare(rev: str | None, image: str | None, lmb: float | None, repeats: int,
             load = "?"
         print(f"load average after: {load}")
         print()
+        print(cpu_line())
         print(f"{'variant':<24} {'op':<7} {'median s':>9} {'min s':>8} {'max s':>8}"
               + (f" {'speed-up':>9}" if rev is not None else "") + (f" {'vs authors':>10}" if authors else ""))
         for op in ("encode", "decode"):
@@ -632,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for device in devices:
         rows += bench_device(model, im, device, lmb, args.repeats, cpu_peak)
+    print(cpu_line())
     print(f"{'device':<7} {'op':<8} {'median s':>9} {'min s':>8} {'max s':>8} {'peak MiB':>9} {'Mpx/s':>7}")
     for dev, op, med, lo, hi, peak in rows:
         print(f"{dev:<7} {op:<8} {med:>9.3f} {lo:>8.3f} {hi:>8.3f} {peak:>9.0f} {h * w / 1e6 / med:>7.3f}")

@@ -151,6 +151,10 @@ def test_benchmark_runs_on_a_clone_of_the_authors_code():
     assert "authors' qarv_base: ready" in out and "lambda=181.019" in out
     assert "decoded image: max abs diff" in out and "SANITY CHECK FAILED" not in out
     assert out.count("authors' qarv_base ") >= 2 and "vs authors" in out
+    # the CPU, its instruction sets and the paths chosen: in the header and with the table
+    cpu_lines = [line for line in out.splitlines() if line.startswith("CPU: ")]
+    assert len(cpu_lines) == 2 and all("AVX2 " in line and "AVX-512 " in line and "AMX " in line
+                                       and "MLP GELU: " in line for line in cpu_lines)
 
 
 @pytest.fixture(scope="module")

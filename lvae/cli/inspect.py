@@ -1,8 +1,10 @@
 """``lvae info`` and ``lvae models``: describe coded files and the registered models. Neither
-imports torch (they answer in well under a second)."""
+imports torch (they answer in well under a second), but for ``lvae info --system``, which says what
+the CPU offers and which code paths this process chose from it."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +13,7 @@ from ..eval.lambdas import format_lambdas
 from ..eval.lossless import is_lossless_model
 from ..models.registry import list_models, model_lambdas, model_weights
 from .coding import DEFAULT_MODEL, LEGACY_MODEL
-from .common import EXIT_FAILED, EXIT_OK, check_input, report_error, write_line
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, check_input, report_error, write_line
 
 if TYPE_CHECKING:
     from ..bitstream import Header
@@ -21,8 +23,10 @@ __all__ = ["add_parsers"]
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The subcommands info and models."""
-    i = sub.add_parser("info", help="describe coded files (model, λ, size, bytes per latent)")
-    i.add_argument("files", nargs="+", metavar="FILE")
+    i = sub.add_parser("info", help="describe coded files (model, λ, size, bytes per latent), or this machine")
+    i.add_argument("files", nargs="*", metavar="FILE")
+    i.add_argument("--system", action="store_true",
+                   help="describe this machine: CPU, instruction sets, threads, the CPU code paths chosen, CUDA")
 
     m = sub.add_parser("models", help="list registered models and whether their weights are available offline")
 
@@ -99,9 +103,39 @@ def describe(src: Path) -> str:
     return "\n".join(f"{k + ':':<9} {v}" for k, v in rows)
 
 
+def system_rows() -> list[tuple[str, str]]:
+    """``lvae info --system``: what decides the speed of coding here, and what this process chose."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+    from ..models.layers import cpu_paths
+    from ..utils.system import cpu_info
+
+    cpu = cpu_info()
+    rows = [("lvae", f"{__version__} (torch {torch.__version__}, Python {platform.python_version()})"),
+            ("cpu", f"{cpu.model}, {cpu.logical_cpus} logical CPUs, torch uses {torch.get_num_threads()} threads"),
+            ("isa", cpu.isa_line()),
+            ("aten", f"{torch.backends.cpu.get_cpu_capability()} kernels (ATEN_CPU_CAPABILITY may lower it)")]
+    rows += [(k, v) for k, v in cpu_paths().items()]
+    cuda = torch.cuda.is_available()
+    rows.append(("cuda", f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} device(s))" if cuda
+                 else "not available"))
+    return rows
+
+
 def info(args: argparse.Namespace) -> int:
+    if not args.files and not args.system:
+        write_line(f"{PROG}: error: info: give one or more FILEs, or --system", sys.stderr)
+        return EXIT_USAGE
     failed = 0
     first = True
+    if args.system:
+        rows = system_rows()
+        width = max(len(k) for k, _ in rows) + 1
+        write_line("\n".join(f"{k + ':':<{width}} {v}" for k, v in rows))
+        first = False
     for item in args.files:
         try:
             text = describe(Path(item))

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.system import cpu_info
+
 __all__ = [
     "sinusoidal_embedding",
     "LambdaEmbedding",
@@ -27,6 +29,10 @@ __all__ = [
     "DecoderStopMark",
     "bf16_mlps",
     "bf16_mlps_supported",
+    "GELU_PATHS",
+    "gelu_path",
+    "set_gelu_path",
+    "cpu_paths",
 ]
 
 
@@ -126,6 +132,45 @@ def bf16_mlps_supported(device: torch.device | str = "cpu") -> bool:
     return torch.device(device).type == "cpu" and _ONEDNN_FUSED[0] and _bf16_linears_run()
 
 
+# Where fc1's exact GELU runs in CPU inference, chosen once per process from the CPU (see gelu_path):
+# "fused": oneDNN's GELU post-op inside fc1's call; "separate": fc1 alone, then ATen's GELU in place.
+# Both compute the exact (erf) GELU, equal up to float rounding. oneDNN's AVX2 GELU post-op is slow:
+# measured on real activations (benchmarks/mlp_paths.py, docs/speed.md), "separate" is the faster path
+# where oneDNN runs AVX2 kernels and "fused" where it runs AVX-512 ones.
+GELU_PATHS = ("fused", "separate")
+_GELU_PATH: list[str | None] = [None]  # None: the CPU's choice
+
+
+@functools.cache
+def _cpu_gelu_path() -> str:
+    avx512 = cpu_info().onednn_avx512
+    if avx512 is None:  # no /proc/cpuinfo: ATen's own vector level says whether the CPU has AVX-512
+        avx512 = torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
+    return "fused" if avx512 else "separate"
+
+
+def gelu_path() -> str:
+    """``"fused"`` or ``"separate"``: where CPU inference computes the MLPs' GELU (chosen from the
+    CPU's instruction sets and oneDNN's limit at first use; :func:`set_gelu_path` overrides it)."""
+    return _GELU_PATH[0] or _cpu_gelu_path()
+
+
+def set_gelu_path(path: str | None) -> None:
+    """Force one of :data:`GELU_PATHS` (benchmarks, tests); ``None`` returns to the CPU's choice."""
+    if path is not None and path not in GELU_PATHS:
+        raise ValueError(f"GELU path must be one of {', '.join(GELU_PATHS)} or None, got {path!r}")
+    _GELU_PATH[0] = path
+
+
+def cpu_paths() -> dict[str, str]:
+    """The CPU code paths this process takes, in words (``lvae info --system``, benchmark headers)."""
+    where = {"fused": "oneDNN's post-op in fc1", "separate": "ATen's, after fc1"}[gelu_path()]
+    why = "forced" if _GELU_PATH[0] is not None else (
+        "oneDNN runs AVX-512 kernels here" if _cpu_gelu_path() == "fused" else "oneDNN runs no AVX-512 kernels here")
+    bf16 = "available" if bf16_mlps_supported("cpu") else "not available (float32 only)"
+    return {"MLP GELU": f"{gelu_path()} ({where}; {why})", "bfloat16 encoder": bf16}
+
+
 def _onednn_fused_ok(x: torch.Tensor) -> bool:
     return (
         _ONEDNN_FUSED[0]
@@ -176,22 +221,30 @@ class _ConvNeXtCore(nn.Module):
     def _mlp_residual_onednn(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``x + gamma · MLP(h)`` as two oneDNN linears with post-ops (CPU inference).
 
-        fc1 carries the exact GELU; fc2 carries ``gamma`` folded into its weight and bias
-        (``gamma·(Wh + b) = (gamma·W)h + gamma·b``) and adds ``x`` as it writes, so the residual
-        costs no extra pass over memory. Same values up to float rounding.
+        fc1 is followed by the exact GELU (oneDNN's post-op or ATen's: :func:`gelu_path`); fc2
+        carries ``gamma`` folded into its weight and bias (``gamma·(Wh + b) = (gamma·W)h + gamma·b``)
+        and adds ``x`` as it writes, so the residual costs no extra pass over memory. Same values
+        up to float rounding.
         """
         w1, b1, w2, b2 = self._inference_weights(torch.float32)
         linear = torch.ops.mkldnn._linear_pointwise
+        fused = gelu_path() == "fused"
+
+        def fc1(rows: torch.Tensor) -> torch.Tensor:
+            if fused:
+                return linear(rows, w1, b1, "gelu", [], "none")
+            return torch.ops.aten.gelu_(linear(rows, w1, b1, "none", [], "none"))
+
         n, hh, ww, c = h.shape
         rows, res = h.reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)  # views: both NHWC in memory
         if rows.shape[0] * w1.shape[0] * 4 <= _MLP_CHUNK_BYTES:
-            out = linear.binary(linear(rows, w1, b1, "gelu", [], "none"), res, w2, b2, "add")
+            out = linear.binary(fc1(rows), res, w2, b2, "add")
         else:
             # NOTE: fc1's output of tens of MB, written and read back from memory, makes the pair
             # memory-bound; row chunks keep it in cache (the copy of each chunk's output costs less).
             out = torch.empty_like(res)
             for s in range(0, rows.shape[0], _MLP_CHUNK_ROWS):
-                part = linear(rows[s : s + _MLP_CHUNK_ROWS], w1, b1, "gelu", [], "none")
+                part = fc1(rows[s : s + _MLP_CHUNK_ROWS])
                 out[s : s + _MLP_CHUNK_ROWS] = linear.binary(part, res[s : s + _MLP_CHUNK_ROWS], w2, b2, "add")
         return out.reshape(n, hh, ww, c).permute(0, 3, 1, 2)  # N, C, H, W, channels-last in memory
 
