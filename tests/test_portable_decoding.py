@@ -23,6 +23,7 @@ from lvae.coding.latent import MAX_CHECKED_TRIALS, trace
 from lvae.coding.portable import search_plan
 from lvae.errors import BitstreamError
 from lvae.models.fixed_weights import load_fixed_reference_weights
+from lvae.utils.system import cpu_info
 
 from conftest import DATA, LAMBDAS
 
@@ -36,13 +37,7 @@ REPORT: dict = {}
 def _avx512() -> bool:
     """This process's oneDNN may use AVX-512: the CPU has it, and ONEDNN_MAX_CPU_ISA (set to make
     this machine stand in for an AVX2-only one, docs/testing.md) does not hold oneDNN below it."""
-    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if limit and not limit.startswith(("AVX512", "AVX10", "DEFAULT", "ALL")):
-        return False  # SSE41, AVX, AVX2, AVX2_VNNI...: the encoder already runs as the AVX2 decoder would
-    try:
-        return " avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return bool(cpu_info().onednn_avx512)  # the one rule, also behind the MLPs' GELU path
 
 
 SETTINGS = {
