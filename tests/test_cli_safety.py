@@ -343,6 +343,27 @@ def test_ctrl_c_while_decoding_leaves_only_whole_images(work, small, tmp_path):
         assert f" -> {p}: " in child.out, (p.name, child.out)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
+def test_ctrl_c_after_the_work_is_done_changes_nothing(work, tmp_path):
+    # A Ctrl-C that lands while the process exits (here: from an atexit hook, after main returned)
+    # is ignored: status 0 and the command's output as it was. Before, the handler said
+    # "interrupted" (130) for finished work, and during Python's shutdown (default handler back)
+    # the process died of the signal with no line at all (status -2; CI, 2026-12-03).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, os, signal, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+    )
+    env = child_env(work)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    for module in (False, True):
+        proc = subprocess.run([*launcher(module=module), "models"], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert (proc.returncode, proc.stderr) == (0, ""), (module, proc.returncode, proc.stderr[-300:])
+        assert "qarv_base" in proc.stdout
+
+
 # -- the library does the same (in-process) ---------------------------------------------------------
 def test_library_files_keep_the_colour_type_and_report_the_8bit_psnr(work, small, tmp_path):
     from lvae.io import save_image

@@ -4,7 +4,10 @@ In the ``lvae`` process (the console script, ``python -m lvae``) a SIGINT handle
 as soon as :mod:`lvae.cli` starts loading (this module is its first import and imports only
 ``os``, ``signal`` and ``sys``). Before the command's ``main`` runs, a Ctrl-C ends the process
 at once; inside ``main`` the first Ctrl-C unwinds (writes under way remove their temporary
-files), a second one ends the process at once. Called in-process (``main(argv)``), ``main``
+files), a second one ends the process at once. Once ``main`` has finished (its outputs written,
+their lines printed, the status known), Ctrl-C is ignored while the process exits: it could no
+longer stop anything, and Python's shutdown would otherwise put back the default handler, which
+kills the process with no line and status -2 (seen by tests/test_cli_safety.py). Called in-process (``main(argv)``), ``main``
 catches ``KeyboardInterrupt``, prints the same line and returns 130.
 """
 from __future__ import annotations
@@ -76,6 +79,14 @@ def deferred() -> Iterator[None]:
         State.deferring = False
     if State.seen:
         raise KeyboardInterrupt
+
+
+def finished() -> None:
+    """The command's work is done: ignore Ctrl-C from now on (the handler Python's shutdown keeps)."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError, AttributeError):
+        pass
 
 
 def quiet_unraisable(unraisable: Any) -> None:

@@ -73,14 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupt.State.in_main = True
     try:
         status = _main(argv)
+        if interrupt.State.seen:  # an interrupt swallowed on the way (e.g. in a finaliser)
+            raise KeyboardInterrupt
+        flush_output()
+        interrupt.finished()
     except KeyboardInterrupt:
         interrupt.exit_interrupted()
     finally:
         interrupt.State.in_main = False
         sys.unraisablehook = previous_hook
         flush_output()
-    if interrupt.State.seen:  # an interrupt swallowed on the way (e.g. in a finaliser)
-        interrupt.exit_interrupted()
     return status
 
 
