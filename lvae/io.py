@@ -12,6 +12,8 @@ An alpha channel is dropped (pixels keep their colour, transparency is lost);
 :attr:`LoadedImage.alpha_dropped` says when that lost anything (some pixel not fully opaque,
 also for a palette's or a PNG's transparent colour). :func:`load_image` always gives RGB (a gray
 image repeated in the three channels); :func:`read_image` gives the image in its colour type.
+:func:`reading_ahead` reads an image in a background thread while other work runs (the ``lvae``
+command: torch's import and the model's load), for :func:`read_image` to take.
 
 Writing (:func:`save_image`): the format comes from the file's suffix (or ``format``). Lossless
 formats (PNG, BMP, TIFF, PPM/PGM, WebP without a quality) store the 8-bit image exactly; a lossy
@@ -28,6 +30,7 @@ import dataclasses
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "load_image", "read_image", "LoadedImage", "save_image", "SavedImage", "ImageFormat", "output_format",
     "IMAGE_FORMATS", "GRAY_MODES", "atomic_write_bytes", "atomic_output", "check_writable",
-    "remove_partial_outputs", "image_to_tensor", "tensor_to_image", "written_by_lvae",
+    "remove_partial_outputs", "image_to_tensor", "tensor_to_image", "written_by_lvae", "reading_ahead",
 ]
 
 # Pillow modes read as grayscale (colour type "gray"); all others are read as RGB.
@@ -89,16 +92,40 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         return np.repeat(_to_gray8(img)[..., None], 3, axis=2)
     if img.mode in _ALPHA_MODES:
         img = img.convert("RGBA").convert("RGB")  # alpha dropped, colours kept
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)  # (an RGB image is read as it is: convert() would copy it)
+
+
+_ALIGN = 64  # bytes: the alignment of torch's own CPU allocations, kept for the tensors made here
+
+
+def _to_unit_float(arr: np.ndarray) -> np.ndarray:
+    """8-bit samples (H×W or H×W×C) → H×W×C float32 in [0, 1], each ``v / 255`` correctly
+    rounded: the values of ``torch.from_numpy(arr).float().div_(255)``, in one pass, without
+    torch (so that it can run beside torch's import), in memory aligned as torch aligns its own."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    nbytes = arr.size * 4
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    out = raw[start : start + nbytes].view(np.float32).reshape(arr.shape)
+    # Two whole-array calls, each releasing the GIL once (a casting divide would take it back for
+    # every 8192 values it buffers: slow beside torch's import).
+    np.copyto(out, arr, casting="safe")
+    np.divide(out, np.float32(255.0), out=out)
+    return out
+
+
+def _float_to_tensor(values: np.ndarray) -> torch.Tensor:
+    """H×W×C float32 → 1×C×H×W (a view: channels-last in memory, as the image's rows are)."""
+    import torch
+
+    return torch.from_numpy(values).permute(2, 0, 1)[None]
 
 
 def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
-    import torch
-
-    arr = np.array(arr, dtype=np.uint8, copy=True)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].float().div_(255.0)
+    return _float_to_tensor(_to_unit_float(arr))
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -129,11 +156,19 @@ class LoadedImage:
         return self.tensor if self.tensor.shape[1] == 3 else self.tensor.expand(-1, 3, -1, -1).contiguous()
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Read an image file in its colour type (see the module's description)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
+@dataclass(frozen=True)
+class _Pixels:
+    """What :func:`read_image` reads before torch is needed: the samples as float32 H×W×C."""
+
+    values: np.ndarray
+    colour: str
+    alpha_dropped: bool
+    mode: str
+    deep: bool
+
+
+def _read_pixels(path: Path) -> _Pixels:
+    """Decode ``path`` (torch-free; Pillow's decoding and NumPy's conversions release the GIL)."""
     try:
         with Image.open(path) as img:
             # NOTE: Pillow opens a 16-bit RGB(A) PNG as 8-bit "RGB(A)"; only the raw tile mode tells.
@@ -141,7 +176,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
                 ";16" in str(getattr(tile, "args", tile[-1] if isinstance(tile, tuple) else "")) for tile in img.tile
             )
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if img.getexif().get(_ORIENTATION, 1) != 1:  # else exif_transpose would only copy the image
+                img = ImageOps.exif_transpose(img)
             colour = _colour_type(img)
             dropped = _alpha_dropped(img)
             arr = _to_gray8(img) if colour == "gray" else _to_rgb8(img)
@@ -150,7 +186,85 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageReadError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from None
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{path} is an empty image")
-    return LoadedImage(_array_to_tensor(arr), colour, dropped, mode, deep)
+    return _Pixels(_to_unit_float(arr), colour, dropped, mode, deep)
+
+
+_ORIENTATION = 0x0112  # the EXIF tag (PIL.ExifTags.Base.Orientation)
+
+
+class _ReadAhead:
+    """One image being read in a background thread by :func:`reading_ahead`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.identity = _file_identity(path)
+        self.result: _Pixels | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="lvae-read-image", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = _read_pixels(self.path)
+        except BaseException as exc:  # noqa: BLE001  (raised again where read_image takes it)
+            self.error = exc
+
+    def take(self) -> _Pixels:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+_READ_AHEAD: dict[Path, _ReadAhead] = {}
+
+
+def _file_identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def reading_ahead(path: str | os.PathLike) -> Iterator[None]:
+    """Start reading the image ``path`` in a background thread; :func:`read_image` of the same
+    file inside the block takes what it read (or raises the error it met), as it would have
+    read it itself: the ``lvae`` command reads an image while torch imports and the model is
+    built (Pillow's decoding and NumPy's conversions release the GIL). A file changed in the
+    meantime (size, modification time or inode) is read again; a result nobody took is dropped
+    when the block ends."""
+    key = Path(os.path.abspath(path))
+    ahead = _ReadAhead(key)
+    _READ_AHEAD[key] = ahead
+    try:
+        yield
+    finally:
+        if _READ_AHEAD.get(key) is ahead:
+            del _READ_AHEAD[key]
+
+
+def _taken_ahead(path: Path) -> _Pixels | None:
+    """What :func:`reading_ahead` read of ``path`` (None: nothing, or the file has changed since)."""
+    if not _READ_AHEAD:
+        return None
+    ahead = _READ_AHEAD.pop(Path(os.path.abspath(path)), None)
+    if ahead is None or ahead.identity is None or ahead.identity != _file_identity(path):
+        return None
+    return ahead.take()
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an image file in its colour type (see the module's description)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    pixels = _taken_ahead(path)
+    if pixels is None:
+        pixels = _read_pixels(path)
+    return LoadedImage(_float_to_tensor(pixels.values), pixels.colour, pixels.alpha_dropped, pixels.mode, pixels.deep)
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:

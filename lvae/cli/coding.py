@@ -3,6 +3,7 @@ shorter files. Each file is handled on its own (see :func:`lvae.cli.common.run_f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -53,6 +54,9 @@ __all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "SUFFIXES", "AUTHORS_LAYOUT_MODELS",
 # on every machine. The published qarv_base (downloaded on first use) is one `--model` away.
 DEFAULT_MODEL = "qarv_small"
 SUFFIXES = {"lvae": ".lvae", "legacy": ".bits"}
+# Image files from this size on are read while the model loads (reading a PNG of 2 MB, about 2
+# megapixels, takes about what the reading thread costs torch's import: benchmarks/cli_overhead.py).
+READ_AHEAD_BYTES = 2 << 20
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -209,9 +213,8 @@ def compress(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     bf16_pending = [args.bf16_encoder]  # settled once, on the model's first load
 
-    def job(src: Path) -> str:
-        check_input(src)
-        out = outputs.path_for(src)
+    def encode(src: Path, out: Path) -> tuple[CompressionMixin, CompressResult]:
+        """The model (loaded on first use) and what it wrote of ``src`` to ``out``."""
         model = models.get(model_name, args.lmb)
         if model.lossless and rate is not None:  # a lossless model registered outside lvae
             raise ValueError(lossless_rate_problem(model_name, rate))
@@ -230,7 +233,7 @@ def compress(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(line, refresh=False)
                 bar.update()
 
-            res = model.compress_file(
+            return model, model.compress_file(
                 src,
                 out,
                 lmb=args.lmb,
@@ -240,6 +243,18 @@ def compress(args: argparse.Namespace) -> int:
                 format=args.format,
                 progress=progress,
             )
+
+    def job(src: Path) -> str:
+        from ..io import reading_ahead
+
+        check_input(src)
+        out = outputs.path_for(src)
+        # The first model imports torch and is built (seconds, in Python): a large image is read
+        # meanwhile, in a thread (docs/speed.md, "Large photos"); compress_file takes what it read, or
+        # the error it met. A small one is read after: the thread costs torch's import some 0.07 s.
+        ahead = models.empty() and src.stat().st_size >= READ_AHEAD_BYTES
+        with reading_ahead(src) if ahead else contextlib.nullcontext():
+            model, res = encode(src, out)
         outputs.done(out)
         if res.alpha_dropped:
             warn(src, "its transparency (alpha channel) was dropped: lvae codes the colours only")

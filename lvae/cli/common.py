@@ -424,6 +424,10 @@ class Models:
         self.device = device
         self._cache: dict[tuple[str, float | None], CompressionMixin | BaseException] = {}
 
+    def empty(self) -> bool:
+        """No model has been loaded (or tried) yet: the next :meth:`get` builds one."""
+        return not self._cache
+
     def get(self, name: str, lmb: float | None = None) -> CompressionMixin:
         """The model ``name``; for a fixed-λ model, the member that codes at ``lmb`` (None: the
         default member, which reaches its siblings when it has the published weights)."""

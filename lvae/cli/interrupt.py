@@ -7,8 +7,9 @@ at once; inside ``main`` the first Ctrl-C unwinds (writes under way remove their
 files), a second one ends the process at once. Once ``main`` has finished (its outputs written,
 their lines printed, the status known), Ctrl-C is ignored while the process exits: it could no
 longer stop anything, and Python's shutdown would otherwise put back the default handler, which
-kills the process with no line and status -2 (seen by tests/test_cli_safety.py). Called in-process (``main(argv)``), ``main``
-catches ``KeyboardInterrupt``, prints the same line and returns 130.
+kills the process with no line and status -2 (seen by tests/test_cli_safety.py). Called
+in-process (``main(argv)``), ``main`` catches ``KeyboardInterrupt``, prints the same line and
+returns 130.
 """
 from __future__ import annotations
 

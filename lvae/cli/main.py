@@ -83,7 +83,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupt.State.in_main = False
         sys.unraisablehook = previous_hook
         flush_output()
-    return status
+    _end_process(status)
+    return status  # (only where the process cannot end here: see _end_process)
+
+
+def _end_process(status: int) -> None:
+    """End the ``lvae`` process with ``status`` now that its outputs are written and its lines
+    flushed: the ``atexit`` handlers run, Python's own shutdown is skipped. Once torch is loaded,
+    that shutdown spends about 0.2 s tearing down native libraries (docs/speed.md, "Large
+    photos"). Returns (and the process ends as usual) where torch was never loaded or another
+    non-daemon thread still runs."""
+    import threading
+
+    if "torch" not in sys.modules:
+        return
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    flush_output()
+    os._exit(status)
 
 
 def usage_line(message: str) -> int:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from ..errors import BitstreamError
 from ..io import atomic_write_bytes, check_writable, read_image
-from ..metrics import mse_to_psnr
+from ..metrics import mse_to_psnr, rounded_squared_error
 from ..utils.text import format_lambdas
 from . import container as bitstream
 from .container import LEGACY_MODEL
@@ -114,13 +114,20 @@ def delivered_psnr(decoded: torch.Tensor, source: torch.Tensor) -> float:
     """PSNR (dB) of what a user gets: ``decoded`` (already in its colour type) rounded to 8 bits,
     against ``source`` (1×C×H×W in [0, 1]; a gray source against an RGB decode counts in all
     three channels). The one measurement behind ``CompressResult.psnr`` and ``target_psnr``."""
-    # rounded exactly as lvae.io.tensor_to_image rounds what it writes (float32), then compared in float64
-    q = torch.round(decoded.detach().float().clamp(0, 1) * 255).double() / 255
-    ref = source.detach().double().to(q.device)
+    # Rounded exactly as lvae.io.tensor_to_image rounds what it writes (float32), then compared in float64.
+    q, ref = decoded.detach(), source.detach().to(decoded.device)
     if ref.shape[1] != q.shape[1]:
         ref = ref.expand(-1, q.shape[1], -1, -1) if ref.shape[1] == 1 else ref
         q = q.expand(-1, ref.shape[1], -1, -1) if q.shape[1] == 1 else q
-    return mse_to_psnr(float(((q - ref) ** 2).mean()))
+    if q.shape != ref.shape:
+        raise ValueError(f"the decoded image is {tuple(q.shape)}, the source {tuple(ref.shape)}")
+    if q.numel() == 0:
+        return math.nan
+    if q.device.type == "cpu" and q.shape[0] == 1:
+        # in bands, without whole-image float64 copies (docs/speed.md, "Large photos")
+        return mse_to_psnr(rounded_squared_error(q, ref) / q.numel())
+    levels = torch.round(q.float().clamp(0, 1) * 255).double() / 255
+    return mse_to_psnr(float(((levels - ref.double()) ** 2).mean()))
 
 
 @dataclass(frozen=True)
@@ -325,7 +332,16 @@ def _check_input(im: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"image is empty ({im.shape[2]}×{im.shape[3]})")
     if not im.is_floating_point():
         raise ValueError(f"expected a float image in [0, 1], got dtype {im.dtype}")
-    if not bool(torch.isfinite(im).all()) or im.min() < 0 or im.max() > 1:
+    # One pass; a NaN makes both NaN and fails the test, as ±inf does. Over the memory as it lies:
+    # torch reduces a channels-last view (as read_image makes) over ten times slower than a flat one.
+    if im.is_contiguous():
+        flat = im.reshape(-1)
+    elif im.is_contiguous(memory_format=torch.channels_last):
+        flat = im.permute(0, 2, 3, 1).reshape(-1)  # a view
+    else:
+        flat = im
+    lo, hi = torch.aminmax(flat)
+    if not (bool(lo >= 0) and bool(hi <= 1)):
         raise ValueError("image values must be finite and within [0, 1]")
     return im
 
