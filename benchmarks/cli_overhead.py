@@ -225,6 +225,8 @@ def breakdown_once(env: dict[str, str], work: Path, image: Path, model: str | No
     at: dict[str, float] = {"spawn": spawn, "end": end}
     for name, t in json.loads(marks_file.read_text()):
         at.setdefault(name, t)  # the first of each (decompress: the decode that measures the PSNR)
+    # A tree whose main() ends the process itself (after the atexit handlers) never returns from it.
+    at.setdefault("main returned", at["atexit"])
     where = next(Path(name[len("lvae: "):]) for name in at if name.startswith("lvae: "))
     if not where.resolve().is_relative_to(Path(env["PYTHONPATH"].split(os.pathsep)[0])):
         raise SystemExit(f"cli_overhead.py: the command imported lvae from {where}, not from the tree under test")

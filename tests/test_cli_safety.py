@@ -364,6 +364,28 @@ def test_ctrl_c_after_the_work_is_done_changes_nothing(work, tmp_path):
         assert "qarv_base" in proc.stdout
 
 
+def test_the_command_ends_after_its_atexit_handlers_with_its_status_and_lines(work, tmp_path):
+    # Once torch is loaded the command ends itself (os._exit) after running the atexit handlers:
+    # they still run, every line is out, and the status is that of the work (1: one input failed).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    marker = tmp_path / "atexit-ran"
+    (hook / "sitecustomize.py").write_text(
+        f"import atexit\natexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+    )
+    env = child_env(work)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([*launcher(), "compress", str(work / "rgb.png"), str(tmp_path / "missing.png"),
+                           "--out-dir", str(out)], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith(f"{work / 'rgb.png'} -> {out / 'rgb.lvae'}: ") and proc.stdout.endswith("\n")
+    assert proc.stderr.splitlines()[-1].startswith(f"lvae: error: {tmp_path / 'missing.png'}: ")
+    assert marker.read_text() == "yes"
+    assert read_header((out / "rgb.lvae").read_bytes()).num_strings > 0
+
+
 # -- the library does the same (in-process) ---------------------------------------------------------
 def test_library_files_keep_the_colour_type_and_report_the_8bit_psnr(work, small, tmp_path):
     from lvae.io import save_image
