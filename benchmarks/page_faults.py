@@ -67,8 +67,8 @@ def main() -> None:
         print(f"run {i}: encode {t1 - t0:.2f} s ({f1 - f0} faults, {s1 - s0:.2f} s system), "
               f"decode {t2 - t1:.2f} s ({f2 - f1} faults, {s2 - s1:.2f} s system)", flush=True)
     for name, runs in rows.items():
-        print(f"median {name}: {statistics.median(r[0] for r in runs):.2f} s, "
-              f"{statistics.median(r[1] for r in runs):.0f} faults, {statistics.median(r[2] for r in runs):.2f} s system")
+        wall, faults, system = (statistics.median(r[k] for r in runs) for k in range(3))
+        print(f"median {name}: {wall:.2f} s, {faults:.0f} faults, {system:.2f} s system")
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
