@@ -75,7 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = _main(argv)
         if interrupt.State.seen:  # an interrupt swallowed on the way (e.g. in a finaliser)
             raise KeyboardInterrupt
-        flush_output()
         interrupt.finished()
     except KeyboardInterrupt:
         interrupt.exit_interrupted()
